@@ -1,0 +1,428 @@
+"""Writing events into the outbox, in the caller's transaction.
+
+Everything is validated before anything is written: a refused event raises
+:class:`~outbox.PublishError` and leaves the caller's transaction untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+from outbox._identifiers import validate_identifier
+from outbox.exceptions import PublishError
+
+if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
+
+    SyncTarget = Session | Connection | psycopg.Connection[Any]
+    AsyncTarget = AsyncSession | AsyncConnection | psycopg.AsyncConnection[Any]
+
+__all__ = ["OutboxEvent", "configure", "publish"]
+
+TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+MAX_TOPIC_LENGTH = 255
+MAX_KEY_LENGTH = 255
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+@dataclasses.dataclass
+class _Settings:
+    schema: str = "public"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+_settings = _Settings()
+
+
+def configure(*, schema: str | None = None, max_payload_bytes: int | None = None) -> None:
+    """Set the outbox schema and payload size cap used by :func:`publish` and the session hook."""
+    if schema is not None:
+        _settings.schema = validate_identifier(schema, "schema")
+    if max_payload_bytes is not None:
+        if max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be positive")
+        _settings.max_payload_bytes = max_payload_bytes
+
+
+@dataclasses.dataclass(eq=False)
+class OutboxEvent:
+    """An event handed to the outbox.
+
+    ``id`` is set once the event is written: at once by :func:`publish`, by the flush for
+    :meth:`EventSource.record_event`. ``duplicate`` is then ``True`` when an event with the
+    same ``dedup_key`` already existed, in which case nothing was written and ``id`` is the
+    existing event's.
+    """
+
+    topic: str
+    payload: Any
+    key: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    process_at: dt.datetime | None = None
+    delay: float | None = None
+    dedup_key: str | None = None
+    id: int | None = None
+    duplicate: bool | None = None
+    payload_json: str = dataclasses.field(default="", repr=False)
+
+
+def prepare_event(
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    process_at: dt.datetime | None = None,
+    delay: dt.timedelta | float | None = None,
+    dedup_key: str | None = None,
+) -> OutboxEvent:
+    """Validate one event and serialise its payload; raise :class:`PublishError` if invalid."""
+    _check_topic(topic)
+    _check_optional_text(key, "key", MAX_KEY_LENGTH)
+    _check_optional_text(dedup_key, "dedup_key", MAX_KEY_LENGTH)
+    return OutboxEvent(
+        topic=topic,
+        payload=payload,
+        key=key,
+        headers=_check_headers(headers),
+        process_at=_check_process_at(process_at, delay),
+        delay=_check_delay(delay),
+        dedup_key=dedup_key,
+        payload_json=_serialise_payload(payload, topic),
+    )
+
+
+def _check_topic(topic: object) -> None:
+    if not isinstance(topic, str):
+        raise PublishError(f"topic must be a str, got {type(topic).__name__}")
+    if not topic:
+        raise PublishError("topic must not be empty")
+    if len(topic) > MAX_TOPIC_LENGTH:
+        raise PublishError(f"topic is {len(topic)} characters; at most {MAX_TOPIC_LENGTH}")
+    if not TOPIC_PATTERN.match(topic):
+        raise PublishError(
+            f"invalid topic {topic!r}: dot-separated segments of letters, digits, '_' and '-' "
+            "(for example 'order.confirmed')"
+        )
+
+
+def _check_optional_text(value: object, name: str, max_length: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise PublishError(f"{name} must be a str or None, got {type(value).__name__}")
+    if not value:
+        raise PublishError(f"{name} must not be empty (pass None for no {name})")
+    if len(value) > max_length or "\x00" in value:
+        raise PublishError(f"{name} must be at most {max_length} characters, without NUL")
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise PublishError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name:
+            raise PublishError(f"header name {name!r} must be a non-empty str")
+        if not isinstance(value, str):
+            raise PublishError(f"header {name!r} must be a str, got {type(value).__name__}")
+        if "\x00" in name or "\x00" in value:
+            raise PublishError(f"header {name!r} contains NUL")
+    return dict(headers)
+
+
+def _check_process_at(process_at: object, delay: object) -> dt.datetime | None:
+    if process_at is None:
+        return None
+    if delay is not None:
+        raise PublishError("pass process_at or delay, not both")
+    if not isinstance(process_at, dt.datetime):
+        raise PublishError(f"process_at must be a datetime, got {type(process_at).__name__}")
+    if process_at.tzinfo is None or process_at.utcoffset() is None:
+        raise PublishError("process_at must be timezone-aware (for example datetime.now(UTC))")
+    return process_at
+
+
+def _check_delay(delay: object) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, dt.timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise PublishError(f"delay must be a timedelta or seconds, got {type(delay).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PublishError(f"delay must be a finite, non-negative duration, got {delay!r}")
+    return seconds
+
+
+def _serialise_payload(payload: Any, topic: str) -> str:
+    _check_json_value(payload, "payload")
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    size = len(text.encode("utf-8"))
+    if size > _settings.max_payload_bytes:
+        raise PublishError(
+            f"payload of {topic!r} is {size} bytes; the cap is {_settings.max_payload_bytes}"
+        )
+    return text
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    """Refuse what JSON or jsonb cannot hold exactly, naming where it is."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise PublishError(f"{path} contains a NUL character, which jsonb cannot store")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PublishError(f"{path} is {value!r}, which JSON cannot represent")
+        return
+    if isinstance(value, Mapping):
+        for item_key, item in value.items():
+            if not isinstance(item_key, str):
+                raise PublishError(f"{path} has a key {item_key!r}; JSON object keys are str")
+            _check_json_value(item_key, f"{path} key")
+            _check_json_value(item, f"{path}[{item_key!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]")
+        return
+    raise PublishError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
+
+
+# -- writing -----------------------------------------------------------------------------
+
+# Inserts a batch of events given as one JSON array, in order, skipping duplicates of a
+# dedup_key (served by outbox_events_dedup_key_idx). The NOTIFY comes from the table's
+# statement trigger, once per statement, folded into one per transaction by Postgres.
+_INSERT = """
+INSERT INTO {table} (topic, key, payload, headers, process_at, dedup_key)
+SELECT r.topic, r.key, r.payload, COALESCE(r.headers, '{{}}'::jsonb),
+       COALESCE(r.process_at, now() + make_interval(secs => COALESCE(r.delay, 0))),
+       r.dedup_key
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
+    n int, topic text, key text, payload jsonb, headers jsonb,
+    process_at timestamptz, delay float8, dedup_key text)
+ORDER BY r.n
+ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+RETURNING id, dedup_key
+"""
+
+# The ids of events that already held the dedup keys of a batch.
+_EXISTING = "SELECT id, dedup_key FROM {table} WHERE dedup_key = ANY(CAST(%(keys)s AS text[]))"
+
+
+def _table() -> str:
+    return f'"{_settings.schema}".outbox_events'
+
+
+def _rows_json(events: Sequence[OutboxEvent]) -> str:
+    parts = []
+    for n, event in enumerate(events):
+        fields = {
+            "n": n,
+            "topic": event.topic,
+            "key": event.key,
+            "headers": event.headers or None,
+            "process_at": event.process_at.isoformat() if event.process_at else None,
+            "delay": event.delay,
+            "dedup_key": event.dedup_key,
+        }
+        head = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        parts.append(f'{head[:-1]},"payload":{event.payload_json}}}')
+    return "[" + ",".join(parts) + "]"
+
+
+def _insert_statements() -> tuple[str, str]:
+    table = _table()
+    return _INSERT.format(table=table), _EXISTING.format(table=table)
+
+
+def _apply_ids(
+    events: Sequence[OutboxEvent], returned: Sequence[tuple[int, str | None]]
+) -> list[str]:
+    """Give each event its id from RETURNING (insert order); return dedup keys left unmatched."""
+    rows = iter(returned)
+    row = next(rows, None)
+    missing = []
+    for event in events:
+        if row is not None and (event.dedup_key is None or row[1] == event.dedup_key):
+            event.id, event.duplicate = row[0], False
+            row = next(rows, None)
+        else:
+            event.duplicate = True
+            missing.append(event.dedup_key or "")
+    return missing
+
+
+def _apply_existing(events: Sequence[OutboxEvent], existing: Sequence[tuple[int, str]]) -> None:
+    ids = {dedup_key: event_id for event_id, dedup_key in existing}
+    for event in events:
+        if event.duplicate and event.dedup_key is not None:
+            event.id = ids.get(event.dedup_key)
+
+
+def _pairs(rows: Sequence[Any]) -> list[tuple[Any, Any]]:
+    return [(row[0], row[1]) for row in rows]
+
+
+def write_events_sqlalchemy(connection: Connection, events: Sequence[OutboxEvent]) -> None:
+    """Insert ``events`` on a SQLAlchemy connection, inside its current transaction."""
+    insert_sql, existing_sql = _insert_statements()
+    result = connection.exec_driver_sql(insert_sql, {"rows": _rows_json(events)})
+    missing = _apply_ids(events, _pairs(result.all()))
+    if missing:
+        found = connection.exec_driver_sql(existing_sql, {"keys": missing})
+        _apply_existing(events, _pairs(found.all()))
+
+
+async def write_events_sqlalchemy_async(
+    connection: AsyncConnection, events: Sequence[OutboxEvent]
+) -> None:
+    """Insert ``events`` on an async SQLAlchemy connection, inside its current transaction."""
+    insert_sql, existing_sql = _insert_statements()
+    result = await connection.exec_driver_sql(insert_sql, {"rows": _rows_json(events)})
+    missing = _apply_ids(events, _pairs(result.all()))
+    if missing:
+        found = await connection.exec_driver_sql(existing_sql, {"keys": missing})
+        _apply_existing(events, _pairs(found.all()))
+
+
+def write_events_psycopg(
+    connection: psycopg.Connection[Any], events: Sequence[OutboxEvent]
+) -> None:
+    """Insert ``events`` on a psycopg connection, inside its current transaction."""
+    insert_sql, existing_sql = _insert_statements()
+    cursor = connection.execute(insert_sql.encode(), {"rows": _rows_json(events)})
+    missing = _apply_ids(events, _pairs(cursor.fetchall()))
+    if missing:
+        found = connection.execute(existing_sql.encode(), {"keys": missing}).fetchall()
+        _apply_existing(events, _pairs(found))
+
+
+async def write_events_psycopg_async(
+    connection: psycopg.AsyncConnection[Any], events: Sequence[OutboxEvent]
+) -> None:
+    """Insert ``events`` on an async psycopg connection, inside its current transaction."""
+    insert_sql, existing_sql = _insert_statements()
+    cursor = await connection.execute(insert_sql.encode(), {"rows": _rows_json(events)})
+    missing = _apply_ids(events, _pairs(await cursor.fetchall()))
+    if missing:
+        cursor = await connection.execute(existing_sql.encode(), {"keys": missing})
+        _apply_existing(events, _pairs(await cursor.fetchall()))
+
+
+# -- publish -----------------------------------------------------------------------------
+
+
+@overload
+def publish(
+    target: SyncTarget,
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = ...,
+    headers: Mapping[str, str] | None = ...,
+    process_at: dt.datetime | None = ...,
+    delay: dt.timedelta | float | None = ...,
+    dedup_key: str | None = ...,
+) -> OutboxEvent: ...
+
+
+@overload
+def publish(
+    target: AsyncTarget,
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = ...,
+    headers: Mapping[str, str] | None = ...,
+    process_at: dt.datetime | None = ...,
+    delay: dt.timedelta | float | None = ...,
+    dedup_key: str | None = ...,
+) -> Awaitable[OutboxEvent]: ...
+
+
+def publish(
+    target: SyncTarget | AsyncTarget,
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    process_at: dt.datetime | None = None,
+    delay: dt.timedelta | float | None = None,
+    dedup_key: str | None = None,
+) -> OutboxEvent | Awaitable[OutboxEvent]:
+    """Write one event in ``target``'s current transaction.
+
+    The event exists if and only if that transaction commits: a rolled-back transaction or
+    savepoint takes it away. ``target`` is a SQLAlchemy ``Session`` or Core ``Connection``, a
+    psycopg ``Connection``, or their async forms (then ``publish`` returns an awaitable).
+
+    Events with the same ``key`` reach each sink in publish order. ``process_at`` (aware
+    datetime) or ``delay`` (seconds or timedelta, measured on the database clock) postpone
+    delivery. A second event with the same ``dedup_key`` is not written: the returned
+    event then has ``duplicate=True`` and the existing event's ``id``.
+
+    Raises :class:`~outbox.PublishError` for invalid input, before anything is written.
+    """
+    event = prepare_event(
+        topic,
+        payload,
+        key=key,
+        headers=headers,
+        process_at=process_at,
+        delay=delay,
+        dedup_key=dedup_key,
+    )
+    return _dispatch(target, event)
+
+
+def _dispatch(target: object, event: OutboxEvent) -> OutboxEvent | Awaitable[OutboxEvent]:
+    import psycopg
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
+
+    if isinstance(target, Session):
+        write_events_sqlalchemy(target.connection(), [event])
+    elif isinstance(target, Connection):
+        write_events_sqlalchemy(target, [event])
+    elif isinstance(target, psycopg.Connection):
+        write_events_psycopg(target, [event])
+    elif isinstance(target, AsyncSession | AsyncConnection | psycopg.AsyncConnection):
+        return _publish_async(target, event)
+    else:
+        raise TypeError(
+            "publish() needs a SQLAlchemy Session, AsyncSession, Connection or AsyncConnection, "
+            f"or a psycopg connection; got {type(target).__name__}"
+        )
+    return event
+
+
+async def _publish_async(target: object, event: OutboxEvent) -> OutboxEvent:
+    import psycopg
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+    if isinstance(target, AsyncSession):
+        await write_events_sqlalchemy_async(await target.connection(), [event])
+    elif isinstance(target, AsyncConnection):
+        await write_events_sqlalchemy_async(target, [event])
+    elif isinstance(target, psycopg.AsyncConnection):
+        await write_events_psycopg_async(target, [event])
+    return event
