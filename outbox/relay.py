@@ -1,0 +1,429 @@
+"""The relay: claim a batch, fan it out to the subscribed sinks, settle it, repeat.
+
+Any number of relays may run against one table; they share work through
+``FOR UPDATE SKIP LOCKED`` and need nothing else. A relay wakes on NOTIFY (with a poll
+interval as the fallback, or polls only), recovers rows whose lease expired, deletes old
+``done`` rows, and rides out database restarts by reconnecting with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+
+import psycopg
+
+from outbox._urls import libpq_url
+from outbox.exceptions import RetryableError
+from outbox.retry import (
+    FAILED,
+    RETRYING,
+    Outcome,
+    RetryPolicy,
+    Settlement,
+    classify,
+    settle_event,
+    sinks_due,
+)
+from outbox.routing import Router, Subscription
+from outbox.sinks import Event, Sink
+from outbox.store import Claim, ClaimedRow, Connection, Store, listen_statement
+
+logger = logging.getLogger(__name__)
+
+_RECONNECT_FIRST = 0.1
+_RECONNECT_CAP = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayOptions:
+    """How a relay runs. Defaults are documented in ``config/outbox.toml``."""
+
+    schema: str = "public"
+    channel: str = "outbox"
+    batch_size: int = 100
+    concurrency: int = 1
+    lease_seconds: float = 60.0
+    delivery_timeout: float = 30.0
+    poll_interval: float = 1.0
+    listen: bool = True
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    retention_seconds: float = 7 * 24 * 3600.0
+    retention_batch: int = 1000
+    maintenance_interval: float = 5.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.concurrency < 1:
+            raise ValueError("batch_size and concurrency must be at least 1")
+        if not 0 < self.delivery_timeout < self.lease_seconds:
+            raise ValueError("delivery_timeout must be positive and shorter than lease_seconds")
+        if self.poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+
+
+@dataclasses.dataclass
+class RelayStats:
+    """Counters since the relay started."""
+
+    batches: int = 0
+    claimed: int = 0
+    done: int = 0
+    retried: int = 0
+    failed: int = 0
+    deliveries: int = 0
+    leases_lost: int = 0
+
+
+def default_relay_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Relay:
+    """Moves events from the outbox table to sinks. Build it, then ``await relay.run()``."""
+
+    def __init__(
+        self,
+        database_url: str,
+        sinks: Mapping[str, Sink],
+        subscriptions: Sequence[Subscription],
+        options: RelayOptions | None = None,
+    ) -> None:
+        self.options = options or RelayOptions()
+        self.name = self.options.name or default_relay_name()
+        self.stats = RelayStats()
+        self._url = libpq_url(database_url)
+        self._sinks = dict(sinks)
+        self._router = Router(subscriptions)
+        missing = [name for name in self._router.sink_names if name not in self._sinks]
+        if missing:
+            raise ValueError(f"subscriptions name sinks that do not exist: {', '.join(missing)}")
+        self._store = Store(self.options.schema)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._listening = False
+
+    @property
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up."""
+        return self._listening
+
+    def stop(self) -> None:
+        """Stop claiming; batches in flight finish and settle, then :meth:`run` returns."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self, *, once: bool = False, drain: bool = False) -> RelayStats:
+        """Run until :meth:`stop`; with ``drain`` until nothing is due, with ``once`` for one
+        batch. Returns the counters."""
+        logger.info("relay %s starting", self.name, extra={"relay": self.name})
+        background = []
+        if self.options.listen and not once:
+            background.append(asyncio.create_task(self._listen(), name="outbox-listen"))
+        if not once:
+            background.append(asyncio.create_task(self._maintain(), name="outbox-maintain"))
+        workers = 1 if once else self.options.concurrency
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(workers):
+                    group.create_task(
+                        self._work(once=once, drain=drain), name=f"outbox-worker-{number}"
+                    )
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(
+                *(sink.aclose() for sink in self._sinks.values()), return_exceptions=True
+            )
+        logger.info("relay %s stopped: %s", self.name, self.stats, extra={"relay": self.name})
+        return self.stats
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _work(self, *, once: bool, drain: bool) -> None:
+        conn: Connection | None = None
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = await self._connect()
+                claimed = await self._run_batch(conn)
+                failures = 0
+                if once:
+                    return
+                if claimed:
+                    continue
+                if drain and not await self._store.has_outstanding(conn):
+                    return
+                await self._idle(conn)
+            except psycopg.OperationalError as error:
+                failures += 1
+                await _close_quietly(conn)
+                conn = None
+                await self._sleep_before_reconnect(failures, error)
+        await _close_quietly(conn)
+
+    async def _run_batch(self, conn: Connection) -> int:
+        claim = await self._store.claim(
+            conn,
+            limit=self.options.batch_size,
+            relay=self.name,
+            lease_seconds=self.options.lease_seconds,
+        )
+        if not claim.rows:
+            return 0
+        self.stats.batches += 1
+        self.stats.claimed += len(claim.rows)
+        logger.debug("claimed %d events", len(claim.rows), extra={"relay": self.name})
+        started = time.monotonic()
+        try:
+            outcomes = await self._deliver(claim)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(conn, claim.rows))
+            raise
+        settle_now = claim.now + dt.timedelta(seconds=time.monotonic() - started)
+        settled = [(row, self._settlement(row, outcomes[row.id], settle_now)) for row in claim.rows]
+        await self._settle(conn, settled, outcomes)
+        self._wake.set()  # a settled keyed event may unblock the next one of its key
+        return len(claim.rows)
+
+    def _settlement(
+        self, row: ClaimedRow, outcomes: dict[str, Outcome], now: dt.datetime
+    ) -> Settlement:
+        return settle_event(
+            subscribed=self._router.sinks_for(row.topic),
+            deliveries=row.deliveries,
+            errors=row.errors,
+            outcomes=outcomes,
+            now=now,
+            policy=self.options.retry,
+        )
+
+    async def _deliver(self, claim: Claim) -> dict[int, dict[str, Outcome]]:
+        """Deliver each row to its due sinks, all sinks at once; return outcomes by id."""
+        outcomes: dict[int, dict[str, Outcome]] = {row.id: {} for row in claim.rows}
+        per_sink: dict[str, list[tuple[ClaimedRow, Event]]] = {}
+        for row in claim.rows:
+            subscribed = self._router.sinks_for(row.topic)
+            for sink_name in sinks_due(subscribed, row.deliveries, claim.now):
+                per_sink.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
+        results = await asyncio.gather(
+            *(self._deliver_to(name, items) for name, items in per_sink.items())
+        )
+        for (name, items), errors in zip(per_sink.items(), results, strict=True):
+            for (row, _), error in zip(items, errors, strict=True):
+                outcomes[row.id][name] = classify(error)
+        self.stats.deliveries += sum(len(items) for items in per_sink.values())
+        return outcomes
+
+    async def _deliver_to(
+        self, sink_name: str, items: list[tuple[ClaimedRow, Event]]
+    ) -> list[BaseException | None]:
+        events = [event for _, event in items]
+        timeout = self.options.delivery_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                errors = await self._sinks[sink_name].deliver_batch(events)
+        except TimeoutError:
+            return [RetryableError(f"delivery timed out after {timeout:g}s")] * len(events)
+        except Exception as error:
+            logger.exception("sink %s raised from deliver_batch", sink_name)
+            return [error] * len(events)
+        if len(errors) != len(events):
+            failure = RetryableError(
+                f"sink returned {len(errors)} results for {len(events)} events"
+            )
+            return [failure] * len(events)
+        return errors
+
+    async def _settle(
+        self,
+        conn: Connection,
+        settled: list[tuple[ClaimedRow, Settlement]],
+        outcomes: dict[int, dict[str, Outcome]],
+    ) -> None:
+        kept = await self._store.settle(conn, settled)
+        for row, settlement in settled:
+            if row.id not in kept:
+                self.stats.leases_lost += 1
+                _log_event(logging.WARNING, "lease lost, result discarded", row, relay=self.name)
+                continue
+            self._count_and_log(row, settlement, outcomes[row.id])
+
+    def _count_and_log(
+        self, row: ClaimedRow, settlement: Settlement, attempted: dict[str, Outcome]
+    ) -> None:
+        if settlement.status == "done":
+            self.stats.done += 1
+            _log_event(logging.INFO, "delivered", row)
+        elif settlement.status == "failed":
+            self.stats.failed += 1
+            _log_event(logging.WARNING, "failed: %s", row, settlement.last_error)
+            if row.key is not None:
+                _log_event(logging.WARNING, "key parked until the failed event is retried", row)
+        else:
+            self.stats.retried += 1
+            for sink_name in attempted:
+                state = settlement.deliveries[sink_name]
+                if state["status"] == RETRYING:
+                    _log_event(
+                        logging.INFO,
+                        "retry scheduled for sink %s at %s: %s",
+                        row,
+                        sink_name,
+                        state["not_before"],
+                        state["last_error"],
+                    )
+                elif state["status"] == FAILED:
+                    _log_event(
+                        logging.WARNING, "sink %s failed: %s", row, sink_name, state["last_error"]
+                    )
+
+    async def _release(self, conn: Connection, rows: list[ClaimedRow]) -> None:
+        with contextlib.suppress(psycopg.Error):
+            await self._store.release(conn, rows)
+            logger.info("released %d events in flight", len(rows), extra={"relay": self.name})
+
+    # -- waiting, listening, upkeep ------------------------------------------------------
+
+    async def _idle(self, conn: Connection) -> None:
+        timeout = self.options.poll_interval
+        next_due = await self._store.seconds_until_next_due(conn)
+        if next_due is not None and next_due > 0:
+            timeout = min(timeout, next_due)
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    async def _listen(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                await conn.execute(listen_statement(self.options.channel))
+                self._listening, failures = True, 0
+                logger.info("listening on channel %s", self.options.channel)
+                self._wake.set()  # catch up on what was published while not listening
+                await self._forward_notifications(conn)
+            except psycopg.OperationalError as error:
+                failures += 1
+                logger.warning("listener connection lost: %s", error)
+            finally:
+                self._listening = False
+                await _close_quietly(conn)
+            await asyncio.sleep(_reconnect_delay(failures))
+
+    async def _forward_notifications(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]]
+    ) -> None:
+        while not self._stopping.is_set():
+            async for _ in conn.notifies(timeout=self.options.poll_interval * 10):
+                self._wake.set()
+            await conn.execute("SELECT 1")  # a silent network failure shows up here
+
+    async def _maintain(self) -> None:
+        conn: Connection | None = None
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = await self._connect()
+                await self._recover(conn)
+                await self._purge(conn)
+                failures = 0
+            except psycopg.OperationalError as error:
+                failures += 1
+                await _close_quietly(conn)
+                conn = None
+                logger.warning("maintenance connection lost: %s", error)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.options.maintenance_interval):
+                    await self._stopping.wait()
+        await _close_quietly(conn)
+
+    async def _recover(self, conn: Connection) -> None:
+        recovered = await self._store.recover_expired(
+            conn, max_attempts=self.options.retry.max_attempts
+        )
+        for event_id, status in recovered:
+            logger.warning(
+                "lease expired for event %d: now %s",
+                event_id,
+                status,
+                extra={"event_id": event_id, "relay": self.name},
+            )
+        if recovered:
+            self._wake.set()
+
+    async def _purge(self, conn: Connection) -> None:
+        total = 0
+        for _ in range(100):
+            deleted = await self._store.purge_done(
+                conn,
+                keep_seconds=self.options.retention_seconds,
+                limit=self.options.retention_batch,
+            )
+            total += deleted
+            if deleted < self.options.retention_batch:
+                break
+        if total:
+            logger.info("retention deleted %d done events", total)
+
+    async def _connect(self) -> Connection:
+        return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+
+    async def _sleep_before_reconnect(self, failures: int, error: Exception) -> None:
+        delay = _reconnect_delay(failures)
+        logger.warning("database connection lost (%s); reconnecting in %.1fs", error, delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+
+
+def _reconnect_delay(failures: int) -> float:
+    if failures <= 0:
+        return 0.0
+    base = min(_RECONNECT_CAP, _RECONNECT_FIRST * 2.0 ** (failures - 1))
+    return base * random.uniform(0.5, 1.0)
+
+
+def _event_for(row: ClaimedRow, sink_name: str) -> Event:
+    state = row.deliveries.get(sink_name) or {}
+    return Event(
+        id=row.id,
+        topic=row.topic,
+        payload=row.payload,
+        key=row.key,
+        headers=row.headers,
+        created_at=row.created_at,
+        attempt=int(state.get("attempts", 0)) + 1,
+    )
+
+
+def _log_event(
+    level: int, message: str, row: ClaimedRow, *args: object, relay: str | None = None
+) -> None:
+    if logger.isEnabledFor(level):
+        extra = {"event_id": row.id, "topic": row.topic, "key": row.key, "attempt": row.attempts}
+        if relay:
+            extra["relay"] = relay
+        logger.log(level, "event %d (%s): " + message, row.id, row.topic, *args, extra=extra)
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection[tuple[object, ...]] | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close()
+    return None

@@ -1,0 +1,188 @@
+"""Retry policy and settle decisions: pure functions, no I/O, no sleeping.
+
+The relay claims events, delivers them, and asks :func:`settle_event` what to write back.
+Times are ``datetime`` values derived from the database clock (the claim's ``now()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from outbox.exceptions import PermanentError, RetryableError
+
+EventStatus = Literal["pending", "done", "failed"]
+
+DELIVERED = "delivered"
+RETRYING = "retrying"
+FAILED = "failed"
+UNROUTED = "unrouted"
+NO_SINK_KEY = "*"
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter and a cap; ``max_attempts`` per sink."""
+
+    max_attempts: int = 10
+    base_seconds: float = 1.0
+    cap_seconds: float = 3600.0
+    jitter: float = 0.25
+    errors_kept: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_seconds <= 0 or self.cap_seconds < self.base_seconds:
+            raise ValueError("backoff needs 0 < base_seconds <= cap_seconds")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+
+
+def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Delay before retry number ``attempt`` (1 after the first failure): base * 2^(n-1),
+    spread by +/- ``jitter``, never above the cap."""
+    exponent = min(max(attempt, 1) - 1, 62)
+    delay = min(policy.cap_seconds, policy.base_seconds * 2.0**exponent)
+    spread = (rng or random).uniform(1 - policy.jitter, 1 + policy.jitter)
+    return min(policy.cap_seconds, delay * spread)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt to one sink came to."""
+
+    ok: bool
+    permanent: bool = False
+    error: str | None = None
+    retry_after: float | None = None
+
+
+SUCCESS = Outcome(ok=True)
+
+
+def classify(error: BaseException | None) -> Outcome:
+    """Turn what a sink raised into an :class:`Outcome`."""
+    if error is None:
+        return SUCCESS
+    text = _describe(error)
+    if isinstance(error, PermanentError):
+        return Outcome(ok=False, permanent=True, error=text)
+    if isinstance(error, RetryableError):
+        return Outcome(ok=False, error=text, retry_after=error.retry_after)
+    return Outcome(ok=False, error=text)
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error)
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text[:MAX_ERROR_LENGTH]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settlement:
+    """What to write back for one claimed event."""
+
+    status: EventStatus
+    process_at: dt.datetime | None
+    deliveries: dict[str, dict[str, Any]]
+    errors: list[dict[str, Any]]
+    last_error: str | None
+
+
+def sinks_due(
+    subscribed: Sequence[str], deliveries: Mapping[str, Mapping[str, Any]], now: dt.datetime
+) -> list[str]:
+    """The subscribed sinks this claim must deliver to: not yet acknowledged, not failed,
+    and not asked to wait past ``now``."""
+    due = []
+    for name in subscribed:
+        state = deliveries.get(name)
+        if state is None or (state.get("status") == RETRYING and _not_before(state) <= now):
+            due.append(name)
+    return due
+
+
+def _not_before(state: Mapping[str, Any]) -> dt.datetime:
+    value = state.get("not_before")
+    if value is None:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromisoformat(value)
+
+
+def settle_event(
+    *,
+    subscribed: Sequence[str],
+    deliveries: Mapping[str, Mapping[str, Any]],
+    errors: Sequence[Mapping[str, Any]],
+    outcomes: Mapping[str, Outcome],
+    now: dt.datetime,
+    policy: RetryPolicy,
+    rng: random.Random | None = None,
+) -> Settlement:
+    """Decide an event's next state from this claim's outcomes, one per sink attempted.
+
+    ``now`` is the database time at settle. Sinks keep their own attempts and wait times, so
+    a retry goes only to sinks that have not acknowledged, each when it is due.
+    """
+    if not subscribed:
+        return Settlement("done", None, {NO_SINK_KEY: {"status": UNROUTED}}, [], None)
+    new_deliveries = {name: dict(state) for name, state in deliveries.items()}
+    new_errors = [dict(error) for error in errors]
+    for name, outcome in outcomes.items():
+        state = new_deliveries.setdefault(name, {"attempts": 0})
+        state["attempts"] = int(state.get("attempts", 0)) + 1
+        _apply_outcome(state, outcome, now, policy, rng)
+        if outcome.error is not None:
+            new_errors.append(
+                {
+                    "at": now.isoformat(),
+                    "sink": name,
+                    "attempt": state["attempts"],
+                    "error": outcome.error,
+                }
+            )
+    new_errors = new_errors[-policy.errors_kept :]
+    return _summarise(subscribed, new_deliveries, new_errors)
+
+
+def _apply_outcome(
+    state: dict[str, Any],
+    outcome: Outcome,
+    now: dt.datetime,
+    policy: RetryPolicy,
+    rng: random.Random | None,
+) -> None:
+    state.pop("not_before", None)
+    if outcome.ok:
+        state.update(status=DELIVERED, delivered_at=now.isoformat(), last_error=None)
+        return
+    state["last_error"] = outcome.error
+    if outcome.permanent or state["attempts"] >= policy.max_attempts:
+        state["status"] = FAILED
+        return
+    if outcome.retry_after is not None:
+        delay = outcome.retry_after
+    else:
+        delay = backoff_seconds(state["attempts"], policy, rng)
+    state.update(status=RETRYING, not_before=(now + dt.timedelta(seconds=delay)).isoformat())
+
+
+def _summarise(
+    subscribed: Iterable[str], deliveries: dict[str, dict[str, Any]], errors: list[dict[str, Any]]
+) -> Settlement:
+    waiting = [deliveries.get(name, {}) for name in subscribed if _unfinished(deliveries.get(name))]
+    last_error = errors[-1]["error"] if errors else None
+    if waiting:
+        process_at = min(_not_before(state) for state in waiting)
+        return Settlement("pending", process_at, deliveries, errors, last_error)
+    failed = any(state.get("status") == FAILED for state in deliveries.values())
+    return Settlement("failed" if failed else "done", None, deliveries, errors, last_error)
+
+
+def _unfinished(state: Mapping[str, Any] | None) -> bool:
+    return state is None or state.get("status") not in (DELIVERED, FAILED)

@@ -1,0 +1,237 @@
+"""Configuration: defaults < TOML file < ``OUTBOX_*`` environment < command-line flags.
+
+Nested keys in the environment use ``__`` (``OUTBOX_RELAY__BATCH_SIZE=500``). Secrets are
+never required inline: write ``{ env = "NAME" }`` or ``{ file = "path" }`` instead. Every
+key, with its default, is documented in ``config/outbox.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from outbox._identifiers import validate_identifier
+from outbox.retry import RetryPolicy
+from outbox.routing import Subscription, validate_pattern
+
+DEFAULT_CONFIG_FILE = Path("config/outbox.toml")
+SINK_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+def resolve_secret(value: Any) -> Any:
+    """``{ env = "NAME" }`` and ``{ file = "path" }`` become the secret they point to."""
+    if isinstance(value, Mapping) and set(value) in ({"env"}, {"file"}):
+        if "env" in value:
+            name = str(value["env"])
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set")
+            return SecretStr(os.environ[name])
+        path = Path(str(value["file"])).expanduser()
+        try:
+            return SecretStr(path.read_text(encoding="utf-8").strip())
+        except OSError as error:
+            raise ValueError(f"cannot read secret file {path}: {error.strerror}") from error
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+
+
+class RelaySettings(BaseModel):
+    """``[relay]``: how relays claim, deliver, retry and clean up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(100, ge=1, le=10_000)
+    concurrency: int = Field(1, ge=1, le=64)
+    max_attempts: int = Field(10, ge=1, le=1000)
+    lease_seconds: float = Field(60.0, gt=0)
+    delivery_timeout: float = Field(30.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0)
+    listen: bool = True
+    channel: str = "outbox"
+    backoff_base: float = Field(1.0, gt=0)
+    backoff_cap: float = Field(3600.0, gt=0)
+    backoff_jitter: float = Field(0.25, ge=0, lt=1)
+    errors_kept: int = Field(10, ge=1, le=1000)
+    retention_seconds: float = Field(7 * 24 * 3600.0, ge=0)
+    retention_batch: int = Field(1000, ge=1)
+    maintenance_interval: float = Field(5.0, gt=0)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        return validate_identifier(value, "channel")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RelaySettings:
+        if self.delivery_timeout >= self.lease_seconds:
+            raise ValueError("delivery_timeout must be shorter than lease_seconds")
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError("backoff_cap must be at least backoff_base")
+        return self
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            base_seconds=self.backoff_base,
+            cap_seconds=self.backoff_cap,
+            jitter=self.backoff_jitter,
+            errors_kept=self.errors_kept,
+        )
+
+
+class SinkSettings(BaseModel):
+    """``[sinks.NAME]``: ``type`` plus that type's options, validated by its plugin."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SubscriptionSettings(BaseModel):
+    """``[[subscriptions]]``: topic patterns and the sinks that receive them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topics: list[str] = Field(min_length=1)
+    sinks: list[str] = Field(min_length=1)
+
+    @field_validator("topics")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            validate_pattern(pattern)
+        return value
+
+    def subscription(self) -> Subscription:
+        return Subscription(tuple(self.topics), tuple(self.sinks))
+
+
+class Settings(BaseSettings):
+    """Everything ``outbox`` reads from its configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OUTBOX_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    database_url: Secret | None = None
+    db_schema: str = Field("public", alias="schema")
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+    subscriptions: list[SubscriptionSettings] = Field(default_factory=list)
+
+    @field_validator("db_schema")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        return validate_identifier(value, "schema")
+
+    @field_validator("sinks")
+    @classmethod
+    def _sink_names(cls, value: dict[str, SinkSettings]) -> dict[str, SinkSettings]:
+        import re
+
+        for name in value:
+            if not re.match(SINK_NAME_PATTERN, name):
+                raise ValueError(
+                    f"invalid sink name {name!r}: lower-case letters, digits, '_' and '-', "
+                    "starting with a letter"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _subscriptions_name_sinks(self) -> Settings:
+        for index, subscription in enumerate(self.subscriptions):
+            for name in subscription.sinks:
+                if name not in self.sinks:
+                    raise ValueError(
+                        f"subscriptions[{index}] names sink {name!r}, which is not configured "
+                        f"(configured: {', '.join(sorted(self.sinks)) or 'none'})"
+                    )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def url(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    def subscription_list(self) -> list[Subscription]:
+        return [item.subscription() for item in self.subscriptions]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``errors`` lists ``(location, message)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(f"{where}: {message}" for where, message in errors))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the configuration; raise :class:`ConfigError` listing every problem.
+
+    ``config_file`` defaults to ``config/outbox.toml`` when that file exists. ``overrides``
+    (command-line flags) win over everything; ``None`` values are ignored.
+    """
+    path = config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    if path is not None and not path.is_file():
+        raise ConfigError([(str(path), "configuration file not found")])
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    settings_class: type[Settings] = Settings
+    if path is not None:
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(toml_file=path)
+
+        settings_class = FileSettings
+    try:
+        return settings_class(**flags)
+    except ValidationError as error:
+        raise ConfigError(_locate(error)) from None
+    except ValueError as error:  # a TOML syntax error
+        raise ConfigError([(str(path), str(error))]) from None
+
+
+def _locate(error: ValidationError) -> list[tuple[str, str]]:
+    found = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        found.append((where.replace("db_schema", "schema"), message))
+    return found

@@ -1,0 +1,86 @@
+"""The sink interface: where events go.
+
+A sink is shaped like an httpx transport: one required coroutine, :meth:`Sink.deliver`, an
+optional :meth:`Sink.aclose`, and use as an async context manager. Raise
+:class:`~outbox.RetryableError` (optionally with ``retry_after``) or
+:class:`~outbox.PermanentError`; any other exception counts as retryable.
+
+Delivery is at least once: the same event may reach a sink again after a crash, so sinks
+use :attr:`Event.id` as their idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
+
+__all__ = ["Event", "Sink"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """An event as a sink sees it."""
+
+    id: int
+    """Unique, increasing per table; the idempotency key."""
+    topic: str
+    payload: Any
+    key: str | None
+    headers: Mapping[str, str]
+    created_at: dt.datetime
+    attempt: int
+    """This sink's attempt at this event, from 1."""
+
+
+class Sink:
+    """Base class of every sink type.
+
+    Subclasses implement :meth:`deliver`. Those that can deliver many events in one request
+    override :meth:`deliver_batch` too. ``concurrency`` bounds how many deliveries of this
+    sink run at once across the relay.
+    """
+
+    concurrency: int = 16
+    Options: ClassVar[type[BaseModel]] = BaseModel
+    """The pydantic model of this sink type's configuration options."""
+
+    def __init__(self, options: Any = None) -> None:
+        self._limit: asyncio.Semaphore | None = None
+
+    async def deliver(self, event: Event) -> None:
+        """Deliver one event; return normally only once the receiver has it."""
+        raise NotImplementedError
+
+    async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
+        """Deliver several events; return, in order, ``None`` for each success or its error."""
+        return list(await asyncio.gather(*(self._deliver_one(e) for e in events)))
+
+    async def _deliver_one(self, event: Event) -> BaseException | None:
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.concurrency)
+        async with self._limit:
+            try:
+                await self.deliver(event)
+            except Exception as error:
+                return error
+        return None
+
+    async def aclose(self) -> None:
+        """Release connections and other resources."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,227 @@
+"""Every statement the relay runs, in one place.
+
+Each statement says what it does and which index serves it. Identifiers come from
+configuration, are validated when it loads, and are quoted by ``psycopg.sql``. All lease and
+schedule arithmetic uses the database clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from outbox.retry import Settlement
+
+Connection = psycopg.AsyncConnection[TupleRow]
+
+# Claim a batch: pending and due, oldest first (outbox_events_pending_idx). A keyed row is
+# claimable only if no earlier row of its key is unfinished (outbox_events_key_idx) and its
+# inserting transaction is older than every running one, so a lower id that commits later
+# is never overtaken. Each row gets its own lease token.
+_CLAIM = """
+WITH due AS (
+    SELECT e.id
+    FROM {table} AS e
+    WHERE e.status = 'pending'
+      AND e.process_at <= now()
+      AND (e.key IS NULL OR (
+            e.txid < pg_snapshot_xmin(pg_current_snapshot())
+            AND NOT EXISTS (
+                SELECT 1 FROM {table} AS earlier
+                WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
+    ORDER BY e.process_at, e.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {table} AS e
+SET status = 'processing',
+    attempts = e.attempts + 1,
+    locked_by = %(relay)s,
+    locked_until = now() + make_interval(secs => %(lease)s),
+    lease_token = gen_random_uuid()
+FROM due
+WHERE e.id = due.id
+RETURNING e.id, e.topic, e.key, e.payload, e.headers, e.attempts, e.deliveries, e.errors,
+          e.created_at, e.lease_token, now()
+"""
+
+# Settle a batch in one statement. The compare-and-set on lease token means a relay whose
+# lease expired (and whose rows another relay reclaimed) changes nothing. Primary key.
+_SETTLE = """
+UPDATE {table} AS e
+SET status = s.status,
+    process_at = COALESCE(s.process_at, e.process_at),
+    deliveries = s.deliveries,
+    errors = s.errors,
+    last_error = s.last_error,
+    done_at = CASE WHEN s.status IN ('done', 'failed') THEN now() END,
+    locked_by = NULL,
+    locked_until = NULL,
+    lease_token = NULL
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
+    id bigint, token uuid, status text, process_at timestamptz,
+    deliveries jsonb, errors jsonb, last_error text)
+WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
+RETURNING e.id
+"""
+
+# Give back rows claimed but not delivered (graceful shutdown): the claim does not count as
+# an attempt. Primary key, compare-and-set on the lease token.
+_RELEASE = """
+UPDATE {table} AS e
+SET status = 'pending', attempts = GREATEST(e.attempts - 1, 0),
+    locked_by = NULL, locked_until = NULL, lease_token = NULL
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+WHERE e.id = r.id AND e.lease_token = r.token AND e.status = 'processing'
+"""
+
+# Rows whose lease expired (their relay died or stalled) become claimable again; after
+# max_attempts claims they fail rather than crash relays forever (outbox_events_processing_idx).
+_RECOVER = """
+UPDATE {table}
+SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    done_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
+    last_error = 'lease of ' || COALESCE(locked_by, '?') || ' expired during attempt ' || attempts,
+    locked_by = NULL, locked_until = NULL, lease_token = NULL
+WHERE status = 'processing' AND locked_until < now()
+RETURNING id, status
+"""
+
+# Delete done rows older than the retention, a bounded batch at a time (outbox_events_done_idx).
+_PURGE_DONE = """
+DELETE FROM {table}
+WHERE id IN (
+    SELECT id FROM {table}
+    WHERE status = 'done' AND done_at < now() - make_interval(secs => %(keep)s)
+    LIMIT %(limit)s)
+"""
+
+# When the next pending row falls due, in seconds from now (outbox_events_pending_idx).
+_NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM (min(process_at) - now()))::float8
+FROM {table} WHERE status = 'pending'
+"""
+
+# Whether work is left for a draining relay: rows in flight, or due rows whose key is not
+# parked behind a failed event.
+_OUTSTANDING = """
+SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'processing')
+    OR EXISTS (
+        SELECT 1 FROM {table} AS e
+        WHERE e.status = 'pending' AND e.process_at <= now()
+          AND (e.key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM {table} AS f
+                WHERE f.key = e.key AND f.id < e.id AND f.status = 'failed')))
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    id: int
+    topic: str
+    key: str | None
+    payload: Any
+    headers: dict[str, str]
+    attempts: int
+    deliveries: dict[str, dict[str, Any]]
+    errors: list[dict[str, Any]]
+    created_at: dt.datetime
+    lease_token: uuid.UUID
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    rows: list[ClaimedRow]
+    now: dt.datetime
+    """The database clock when the batch was claimed."""
+
+
+class Store:
+    """The outbox table of one schema, as the relay sees it."""
+
+    def __init__(self, schema: str = "public") -> None:
+        table = sql.Identifier(schema, "outbox_events")
+
+        def render(template: str) -> bytes:
+            return sql.SQL(template).format(table=table).as_bytes(None)
+
+        self._claim = render(_CLAIM)
+        self._settle = render(_SETTLE)
+        self._release = render(_RELEASE)
+        self._recover = render(_RECOVER)
+        self._purge_done = render(_PURGE_DONE)
+        self._next_due = render(_NEXT_DUE)
+        self._outstanding = render(_OUTSTANDING)
+
+    async def claim(
+        self, conn: Connection, *, limit: int, relay: str, lease_seconds: float
+    ) -> Claim:
+        cursor = await conn.execute(
+            self._claim, {"limit": limit, "relay": relay, "lease": lease_seconds}
+        )
+        records = await cursor.fetchall()
+        if not records:
+            return Claim([], dt.datetime.now(dt.UTC))
+        now = records[0][10]
+        rows = [ClaimedRow(*record[:10]) for record in records]
+        rows.sort(key=lambda row: row.id)
+        return Claim(rows, now)
+
+    async def settle(
+        self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
+    ) -> set[int]:
+        """Write back a batch; return the ids whose lease still held."""
+        payload = json.dumps([_settle_row(row, outcome) for row, outcome in settled])
+        cursor = await conn.execute(self._settle, {"rows": payload})
+        return {record[0] for record in await cursor.fetchall()}
+
+    async def release(self, conn: Connection, rows: Sequence[ClaimedRow]) -> None:
+        await conn.execute(
+            self._release,
+            {"ids": [row.id for row in rows], "tokens": [row.lease_token for row in rows]},
+        )
+
+    async def recover_expired(
+        self, conn: Connection, *, max_attempts: int
+    ) -> list[tuple[int, str]]:
+        cursor = await conn.execute(self._recover, {"max_attempts": max_attempts})
+        return [(record[0], record[1]) for record in await cursor.fetchall()]
+
+    async def purge_done(self, conn: Connection, *, keep_seconds: float, limit: int) -> int:
+        cursor = await conn.execute(self._purge_done, {"keep": keep_seconds, "limit": limit})
+        return cursor.rowcount
+
+    async def seconds_until_next_due(self, conn: Connection) -> float | None:
+        cursor = await conn.execute(self._next_due)
+        record = await cursor.fetchone()
+        return None if record is None or record[0] is None else float(record[0])
+
+    async def has_outstanding(self, conn: Connection) -> bool:
+        cursor = await conn.execute(self._outstanding)
+        record = await cursor.fetchone()
+        return bool(record and record[0])
+
+
+def _settle_row(row: ClaimedRow, settlement: Settlement) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "token": str(row.lease_token),
+        "status": settlement.status,
+        "process_at": settlement.process_at.isoformat() if settlement.process_at else None,
+        "deliveries": settlement.deliveries,
+        "errors": settlement.errors,
+        "last_error": settlement.last_error,
+    }
+
+
+def listen_statement(channel: str) -> sql.Composed:
+    """``LISTEN`` on ``channel``, quoted."""
+    return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
