@@ -13,6 +13,7 @@ from outbox.exceptions import (
     PublishError,
     RetryableError,
     SinkError,
+    SinkGone,
 )
 from outbox.hook import EventSource, install
 from outbox.migrate import migrate, migration_script
@@ -30,6 +31,7 @@ __all__ = [
     "PublishError",
     "RetryableError",
     "SinkError",
+    "SinkGone",
     "__version__",
     "configure",
     "install",

@@ -6,6 +6,7 @@
     └── SinkError           raised by a sink's ``deliver``
         ├── RetryableError  try again later, optionally not before ``retry_after`` seconds
         └── PermanentError  never try this event on this sink again
+            └── SinkGone    the receiver is gone for good (HTTP 410): disable the sink
 
 A sink may raise any other exception: the relay treats it as retryable.
 """
@@ -45,3 +46,8 @@ class RetryableError(SinkError):
 
 class PermanentError(SinkError):
     """Delivery can never succeed: the relay fails the event for this sink at once."""
+
+
+class SinkGone(PermanentError):
+    """The receiver is gone for good (an HTTP 410): the relay disables the sink until an
+    operator re-enables it with ``outbox sinks enable NAME``."""
