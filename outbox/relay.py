@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 
 from outbox._urls import libpq_url
-from outbox.exceptions import RetryableError
+from outbox.exceptions import RetryableError, SinkGone
 from outbox.retry import (
     FAILED,
     RETRYING,
@@ -84,6 +84,9 @@ class RelayStats:
     leases_lost: int = 0
 
 
+_Deliveries = dict[str, list[tuple[ClaimedRow, Event]]]
+
+
 def default_relay_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -110,6 +113,7 @@ class Relay:
         self._store = Store(self.options.schema)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._disabled: set[str] = set()
         self._listening = False
 
     @property
@@ -186,16 +190,42 @@ class Relay:
         self.stats.claimed += len(claim.rows)
         logger.debug("claimed %d events", len(claim.rows), extra={"relay": self.name})
         started = time.monotonic()
+        outcomes: dict[int, dict[str, Outcome]] = {row.id: {} for row in claim.rows}
+        direct, in_transaction = self._plan(claim, outcomes)
         try:
-            outcomes = await self._deliver(claim)
+            await self._deliver(direct, outcomes)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(conn, claim.rows))
             raise
-        settle_now = claim.now + dt.timedelta(seconds=time.monotonic() - started)
-        settled = [(row, self._settlement(row, outcomes[row.id], settle_now)) for row in claim.rows]
-        await self._settle(conn, settled, outcomes)
+        if in_transaction:
+            # The sink's writes and the settle commit together: exactly once for that sink.
+            async with conn.transaction():
+                await self._deliver_in_transaction(conn, in_transaction, outcomes)
+                await self._settle(conn, claim, outcomes, started)
+        else:
+            await self._settle(conn, claim, outcomes, started)
         self._wake.set()  # a settled keyed event may unblock the next one of its key
         return len(claim.rows)
+
+    def _plan(
+        self, claim: Claim, outcomes: dict[int, dict[str, Outcome]]
+    ) -> tuple[_Deliveries, _Deliveries]:
+        """Group the batch by sink: sinks delivered directly, sinks writing in the settle
+        transaction. Disabled sinks fail at once, without a call."""
+        direct: _Deliveries = {}
+        in_transaction: _Deliveries = {}
+        for row in claim.rows:
+            for sink_name in sinks_due(
+                self._router.sinks_for(row.topic), row.deliveries, claim.now
+            ):
+                if sink_name in self._disabled:
+                    outcomes[row.id][sink_name] = Outcome(
+                        ok=False, permanent=True, error=f"sink {sink_name} is disabled"
+                    )
+                    continue
+                group = in_transaction if self._sinks[sink_name].transactional else direct
+                group.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
+        return direct, in_transaction
 
     def _settlement(
         self, row: ClaimedRow, outcomes: dict[str, Outcome], now: dt.datetime
@@ -209,22 +239,49 @@ class Relay:
             policy=self.options.retry,
         )
 
-    async def _deliver(self, claim: Claim) -> dict[int, dict[str, Outcome]]:
-        """Deliver each row to its due sinks, all sinks at once; return outcomes by id."""
-        outcomes: dict[int, dict[str, Outcome]] = {row.id: {} for row in claim.rows}
-        per_sink: dict[str, list[tuple[ClaimedRow, Event]]] = {}
-        for row in claim.rows:
-            subscribed = self._router.sinks_for(row.topic)
-            for sink_name in sinks_due(subscribed, row.deliveries, claim.now):
-                per_sink.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
+    async def _deliver(
+        self, per_sink: _Deliveries, outcomes: dict[int, dict[str, Outcome]]
+    ) -> None:
+        """Deliver to every sink at once, each bounded by its own concurrency."""
         results = await asyncio.gather(
             *(self._deliver_to(name, items) for name, items in per_sink.items())
         )
         for (name, items), errors in zip(per_sink.items(), results, strict=True):
-            for (row, _), error in zip(items, errors, strict=True):
-                outcomes[row.id][name] = classify(error)
-        self.stats.deliveries += sum(len(items) for items in per_sink.values())
-        return outcomes
+            await self._record(name, items, errors, outcomes)
+
+    async def _deliver_in_transaction(
+        self, conn: Connection, per_sink: _Deliveries, outcomes: dict[int, dict[str, Outcome]]
+    ) -> None:
+        for name, items in per_sink.items():
+            events = [event for _, event in items]
+            try:
+                async with conn.transaction():  # a savepoint: a failing sink writes nothing
+                    errors = await self._sinks[name].deliver_in_transaction(conn, events)
+            except psycopg.OperationalError:
+                raise
+            except Exception as error:
+                errors = [error] * len(events)
+            await self._record(name, items, errors, outcomes)
+
+    async def _record(
+        self,
+        sink_name: str,
+        items: list[tuple[ClaimedRow, Event]],
+        errors: Sequence[BaseException | None],
+        outcomes: dict[int, dict[str, Outcome]],
+    ) -> None:
+        for (row, _), error in zip(items, errors, strict=True):
+            outcomes[row.id][sink_name] = classify(error)
+            if isinstance(error, SinkGone) and sink_name not in self._disabled:
+                await self._disable(sink_name, str(error))
+        self.stats.deliveries += len(items)
+
+    async def _disable(self, sink_name: str, reason: str) -> None:
+        self._disabled.add(sink_name)
+        logger.warning("sink %s disabled: %s", sink_name, reason, extra={"sink": sink_name})
+        conn = await self._connect()
+        async with conn:
+            await self._store.disable_sink(conn, sink_name, reason)
 
     async def _deliver_to(
         self, sink_name: str, items: list[tuple[ClaimedRow, Event]]
@@ -249,9 +306,12 @@ class Relay:
     async def _settle(
         self,
         conn: Connection,
-        settled: list[tuple[ClaimedRow, Settlement]],
+        claim: Claim,
         outcomes: dict[int, dict[str, Outcome]],
+        started: float,
     ) -> None:
+        now = claim.now + dt.timedelta(seconds=time.monotonic() - started)
+        settled = [(row, self._settlement(row, outcomes[row.id], now)) for row in claim.rows]
         kept = await self._store.settle(conn, settled)
         for row, settlement in settled:
             if row.id not in kept:
@@ -340,6 +400,7 @@ class Relay:
             try:
                 if conn is None or conn.closed:
                     conn = await self._connect()
+                self._disabled = await self._store.disabled_sinks(conn)
                 await self._recover(conn)
                 await self._purge(conn)
                 failures = 0

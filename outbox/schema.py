@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.types import UserDefinedType
 
 EVENTS_TABLE = "outbox_events"
+SINKS_TABLE = "outbox_sinks"
 MIGRATIONS_TABLE = "outbox_migrations"
 
 metadata = MetaData()
@@ -91,6 +92,16 @@ events = Table(
         unique=True,
         postgresql_where=text("dedup_key IS NOT NULL"),
     ),
+)
+
+sinks = Table(
+    SINKS_TABLE,
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("disabled_at", DateTime(timezone=True)),
+    Column("disabled_reason", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("name", name="outbox_sinks_pkey"),
 )
 
 migrations = Table(

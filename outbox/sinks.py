@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+import psycopg
 from pydantic import BaseModel
 
 __all__ = ["Event", "Sink"]
@@ -47,6 +48,9 @@ class Sink:
     """
 
     concurrency: int = 16
+    transactional: bool = False
+    """True for sinks that write into the outbox's own database: the relay then calls
+    :meth:`deliver_in_transaction` inside the transaction that settles the batch."""
     Options: ClassVar[type[BaseModel]] = BaseModel
     """The pydantic model of this sink type's configuration options."""
 
@@ -70,6 +74,13 @@ class Sink:
             except Exception as error:
                 return error
         return None
+
+    async def deliver_in_transaction(
+        self, conn: psycopg.AsyncConnection[Any], events: Sequence[Event]
+    ) -> list[BaseException | None]:
+        """Write ``events`` on ``conn``, inside the relay's settle transaction (only called
+        when :attr:`transactional` is true). Raising rolls back this sink's writes alone."""
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         """Release connections and other resources."""

@@ -123,6 +123,25 @@ SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'processing')
 """
 
 
+# Sinks an operator or a 410 Gone switched off (primary key of outbox_sinks).
+_DISABLED_SINKS = "SELECT name FROM {sinks} WHERE disabled_at IS NOT NULL"
+
+# Switch a sink off, keeping the first reason if it already is.
+_DISABLE_SINK = """
+INSERT INTO {sinks} (name, disabled_at, disabled_reason) VALUES (%(name)s, now(), %(reason)s)
+ON CONFLICT (name) DO UPDATE
+SET disabled_at = COALESCE({sinks}.disabled_at, now()),
+    disabled_reason = COALESCE({sinks}.disabled_reason, EXCLUDED.disabled_reason),
+    updated_at = now()
+"""
+
+# Switch a sink back on.
+_ENABLE_SINK = """
+UPDATE {sinks} SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
+WHERE name = %(name)s AND disabled_at IS NOT NULL
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimedRow:
     id: int
@@ -149,9 +168,10 @@ class Store:
 
     def __init__(self, schema: str = "public") -> None:
         table = sql.Identifier(schema, "outbox_events")
+        sinks = sql.Identifier(schema, "outbox_sinks")
 
         def render(template: str) -> bytes:
-            return sql.SQL(template).format(table=table).as_bytes(None)
+            return sql.SQL(template).format(table=table, sinks=sinks).as_bytes(None)
 
         self._claim = render(_CLAIM)
         self._settle = render(_SETTLE)
@@ -160,6 +180,9 @@ class Store:
         self._purge_done = render(_PURGE_DONE)
         self._next_due = render(_NEXT_DUE)
         self._outstanding = render(_OUTSTANDING)
+        self._disabled_sinks = render(_DISABLED_SINKS)
+        self._disable_sink = render(_DISABLE_SINK)
+        self._enable_sink = render(_ENABLE_SINK)
 
     async def claim(
         self, conn: Connection, *, limit: int, relay: str, lease_seconds: float
@@ -208,6 +231,18 @@ class Store:
         cursor = await conn.execute(self._outstanding)
         record = await cursor.fetchone()
         return bool(record and record[0])
+
+    async def disabled_sinks(self, conn: Connection) -> set[str]:
+        cursor = await conn.execute(self._disabled_sinks)
+        return {str(record[0]) for record in await cursor.fetchall()}
+
+    async def disable_sink(self, conn: Connection, name: str, reason: str) -> None:
+        await conn.execute(self._disable_sink, {"name": name, "reason": reason})
+
+    async def enable_sink(self, conn: Connection, name: str) -> bool:
+        """Switch ``name`` back on; False if it was not disabled."""
+        cursor = await conn.execute(self._enable_sink, {"name": name})
+        return cursor.rowcount > 0
 
 
 def _settle_row(row: ClaimedRow, settlement: Settlement) -> dict[str, Any]:
