@@ -7,6 +7,8 @@ Exit codes: 0 ok, 1 operational failure (database unreachable, migration failed)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -15,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 
+from outbox._urls import libpq_url
 from outbox.migrate import DEFAULT_CHANNEL, DEFAULT_SCHEMA, migrate, migration_script
-from outbox.plugins import build_sinks, make_plugin_manager, sink_types
+from outbox.plugins import build_sinks, describe_plugins, make_plugin_manager, sink_types
 from outbox.relay import Relay, RelayOptions
 from outbox.settings import ConfigError, Settings, load_settings
+from outbox.store import Store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,6 +179,99 @@ def relay_command(
         asyncio.run(_run_until_signalled(relay, once=once, drain=drain))
     except asyncio.CancelledError:
         sys.exit(1)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    help="Configuration file (default: config/outbox.toml).",
+)
+def config_check(config: Path | None) -> None:
+    """Validate everything, resolving each sink type through the plugins; exit 2 on errors."""
+    errors: list[tuple[str, str]] = []
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        errors = error.errors
+    else:
+        try:
+            build_sinks(settings.sinks, sink_types(make_plugin_manager()))
+        except ConfigError as error:
+            errors = error.errors
+    if errors:
+        for where, message in errors:
+            click.echo(f"{where}: {message}", err=True)
+        click.echo(f"{len(errors)} error(s)", err=True)
+        sys.exit(2)
+    click.echo(f"ok: {len(settings.sinks)} sink(s), {len(settings.subscriptions)} subscription(s)")
+
+
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(as_json: bool) -> None:
+    """List the loaded plugins and the sink types they bring."""
+    described = describe_plugins(make_plugin_manager())
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(info) for info in described], indent=2))
+        return
+    for info in described:
+        version = f" {info.version}" if info.version else ""
+        types = ", ".join(info.sink_types) or "-"
+        click.echo(f"{info.name}  ({info.package or '?'}{version})  sink types: {types}")
+
+
+@main.group("sinks")
+def sinks_group() -> None:
+    """Switch sinks on and off (a sink answering 410 Gone is switched off by the relay)."""
+
+
+def _sink_switch(config: Path | None, database_url: str | None, name: str, *, enable: bool) -> None:
+    settings = _load(config, database_url=database_url)
+    url = _require_url(settings)
+    if settings.sinks and name not in settings.sinks:
+        raise click.UsageError(f"no sink named {name!r} in the configuration")
+    store = Store(settings.db_schema)
+
+    async def switch() -> bool:
+        conn = await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True)
+        async with conn:
+            if enable:
+                return await store.enable_sink(conn, name)
+            await store.disable_sink(conn, name, "disabled by an operator")
+            return True
+
+    try:
+        changed = asyncio.run(switch())
+    except psycopg.Error as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    state = "enabled" if enable else "disabled"
+    click.echo(f"sink {name} {state}" if changed else f"sink {name} was not disabled")
+
+
+@sinks_group.command("enable")
+@click.argument("name")
+@click.option("--config", "config", type=click.Path(path_type=Path))
+@click.option("--database-url", envvar="OUTBOX_DATABASE_URL")
+def sinks_enable(name: str, config: Path | None, database_url: str | None) -> None:
+    """Switch sink NAME back on; its failed events can then be retried."""
+    _sink_switch(config, database_url, name, enable=True)
+
+
+@sinks_group.command("disable")
+@click.argument("name")
+@click.option("--config", "config", type=click.Path(path_type=Path))
+@click.option("--database-url", envvar="OUTBOX_DATABASE_URL")
+def sinks_disable(name: str, config: Path | None, database_url: str | None) -> None:
+    """Switch sink NAME off: relays fail its deliveries at once until it is enabled."""
+    _sink_switch(config, database_url, name, enable=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,154 @@
+"""The ``postgres`` sink: each event becomes a row of a table in another schema or database.
+
+    [sinks.audit]
+    type = "postgres"
+    schema = "audit"
+    table = "events"
+    # dsn = { env = "AUDIT_DATABASE_URL" }   # another database; omit for the outbox's own
+    create_table = true
+
+The table has one row per event, keyed by ``event_id``, so a repeated delivery changes
+nothing. Without ``dsn`` the insert runs inside the transaction that marks the event
+``done``: the row appears exactly once, even if the relay dies between the two.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from outbox._identifiers import validate_identifier
+from outbox._urls import libpq_url
+from outbox.exceptions import PermanentError, RetryableError
+from outbox.hookspecs import RegisterSink, hookimpl
+from outbox.settings import Secret
+from outbox.sinks import Event, Sink
+
+# Creates the target table if it is missing; an advisory lock keeps concurrent relays from
+# racing on the catalog.
+_CREATE = """
+SELECT pg_advisory_xact_lock(hashtextextended({lock_key}, 0));
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {table} (
+    event_id     bigint      NOT NULL PRIMARY KEY,
+    topic        text        NOT NULL,
+    key          text,
+    payload      jsonb       NOT NULL,
+    headers      jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
+    created_at   timestamptz NOT NULL,
+    delivered_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Inserts a batch; an event already there is left alone (primary key on event_id).
+_INSERT = """
+INSERT INTO {table} (event_id, topic, key, payload, headers, created_at)
+SELECT r.event_id, r.topic, r.key, r.payload, r.headers, r.created_at
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
+    event_id bigint, topic text, key text, payload jsonb, headers jsonb, created_at timestamptz)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+class PostgresOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    db_schema: str = Field("public", alias="schema", description="Schema of the target table.")
+    table: str = Field(description="Name of the target table.")
+    dsn: Secret | None = Field(None, description="Another database; omit for the outbox's own.")
+    create_table: bool = Field(True, description="Create the schema and table if missing.")
+
+    @field_validator("db_schema", "table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return validate_identifier(value, "identifier")
+
+
+class PostgresSink(Sink):
+    """Writes events into a table, idempotently on the event id."""
+
+    Options: ClassVar[type[BaseModel]] = PostgresOptions
+
+    def __init__(self, options: PostgresOptions) -> None:
+        super().__init__()
+        self._options = options
+        self.transactional = options.dsn is None
+        table = sql.Identifier(options.db_schema, options.table)
+        self._create = sql.SQL(_CREATE).format(
+            lock_key=sql.Literal(f"outbox-sink:{options.db_schema}.{options.table}"),
+            schema=sql.Identifier(options.db_schema),
+            table=table,
+        )
+        self._insert = sql.SQL(_INSERT).format(table=table)
+        self._created = not options.create_table
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def deliver(self, event: Event) -> None:
+        errors = await self.deliver_batch([event])
+        if errors[0] is not None:
+            raise errors[0]
+
+    async def deliver_in_transaction(
+        self, conn: psycopg.AsyncConnection[Any], events: Sequence[Event]
+    ) -> list[BaseException | None]:
+        await self._write(conn, events)
+        return [None] * len(events)
+
+    async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                await self._write(conn, events)
+        except psycopg.OperationalError as error:
+            await self.aclose()
+            return [RetryableError(f"postgres sink: {error}")] * len(events)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+            return [PermanentError(f"postgres sink: {error}")] * len(events)
+        except psycopg.Error as error:
+            return [RetryableError(f"postgres sink: {error}")] * len(events)
+        return [None] * len(events)
+
+    async def _write(self, conn: psycopg.AsyncConnection[Any], events: Sequence[Event]) -> None:
+        if not self._created:
+            async with conn.transaction():
+                await conn.execute(self._create)
+            self._created = True
+        await conn.execute(self._insert, {"rows": _rows_json(events)})
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            assert self._options.dsn is not None
+            url = libpq_url(self._options.dsn.get_secret_value())
+            self._conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        return self._conn
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+
+def _rows_json(events: Sequence[Event]) -> str:
+    return json.dumps(
+        [
+            {
+                "event_id": event.id,
+                "topic": event.topic,
+                "key": event.key,
+                "payload": event.payload,
+                "headers": dict(event.headers),
+                "created_at": event.created_at.isoformat(),
+            }
+            for event in events
+        ]
+    )
+
+
+@hookimpl
+def outbox_register_sinks(register: RegisterSink) -> None:
+    register("postgres", PostgresSink)

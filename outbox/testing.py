@@ -1,0 +1,173 @@
+"""Helpers for testing sinks, ours and plugin authors' alike.
+
+:func:`exercise_sink` is the conformance suite every sink passes. A plugin author writes a
+:class:`SinkHarness` that knows how to build the sink and read back what its receiver got,
+then calls ``await exercise_sink(harness)`` from a test::
+
+    class MyHarness(outbox.testing.SinkHarness):
+        async def make_sink(self, behaviour="ok"): ...
+        async def received_ids(self): ...
+
+    async def test_conformance():
+        await outbox.testing.exercise_sink(MyHarness())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+from typing import Literal
+
+from outbox.exceptions import PermanentError, RetryableError
+from outbox.retry import classify
+from outbox.sinks import Event, Sink
+
+__all__ = ["Behaviour", "SinkHarness", "exercise_sink", "make_event"]
+
+Behaviour = Literal["ok", "retryable", "permanent", "retry_after"]
+"""How the receiver behind a sink answers: accepts, fails for now, refuses for good, or
+fails for now asking for a delay (``RetryableError.retry_after``)."""
+
+_ids = itertools.count(1_000_000)
+
+
+def make_event(topic: str = "conformance.check", payload: object = None, **fields: object) -> Event:
+    """An event as the relay would hand it to a sink, with a fresh id."""
+    values: dict[str, object] = {
+        "id": next(_ids),
+        "topic": topic,
+        "payload": payload if payload is not None else {"check": True, "text": "ünïcode ✓"},
+        "key": None,
+        "headers": {},
+        "created_at": dt.datetime.now(dt.UTC),
+        "attempt": 1,
+    }
+    values.update(fields)
+    return Event(**values)  # type: ignore[arg-type]
+
+
+class SinkHarness:
+    """What :func:`exercise_sink` needs to know about a sink type."""
+
+    async def make_sink(self, behaviour: Behaviour = "ok") -> Sink | None:
+        """A sink whose receiver answers as ``behaviour`` says; ``None`` if the sink type
+        cannot be made to (that check is then skipped)."""
+        raise NotImplementedError
+
+    async def received_ids(self) -> Sequence[int]:
+        """Ids of the events the receiver has accepted so far, repeats included."""
+        raise NotImplementedError
+
+
+class ConformanceError(AssertionError):
+    """A sink broke the sink contract."""
+
+
+async def exercise_sink(harness: SinkHarness, *, events: int = 20) -> list[str]:
+    """Run every conformance check; return the names of those that ran.
+
+    Raises :class:`ConformanceError` naming the first broken rule.
+    """
+    ran = []
+    for check in (_acks, _repeat_is_harmless, _retryable, _permanent, _retry_after, _concurrency):
+        if await check(harness, events):
+            ran.append(check.__name__.strip("_"))
+    return ran
+
+
+def _expect(condition: bool, rule: str) -> None:
+    if not condition:
+        raise ConformanceError(rule)
+
+
+async def _deliver(sink: Sink, batch: Sequence[Event]) -> list[BaseException | None]:
+    results = await asyncio.wait_for(sink.deliver_batch(batch), timeout=60)
+    _expect(len(results) == len(batch), "deliver_batch returns one result per event, in order")
+    return results
+
+
+async def _acks(harness: SinkHarness, count: int) -> bool:
+    sink = await harness.make_sink("ok")
+    _expect(sink is not None, "make_sink('ok') must return a sink")
+    assert sink is not None
+    batch = [make_event(key=f"key-{n % 3}") for n in range(count)]
+    async with sink:
+        results = await _deliver(sink, batch)
+        single = make_event()
+        await sink.deliver(single)
+    _expect(all(result is None for result in results), f"every delivery succeeds: {results}")
+    received = set(await harness.received_ids())
+    missing = [event.id for event in [*batch, single] if event.id not in received]
+    _expect(not missing, f"the receiver has every acknowledged event; missing {missing}")
+    await sink.aclose()  # closing twice is harmless
+    return True
+
+
+async def _repeat_is_harmless(harness: SinkHarness, count: int) -> bool:
+    sink = await harness.make_sink("ok")
+    assert sink is not None
+    event = make_event()
+    async with sink:
+        first = await _deliver(sink, [event])
+        again = await _deliver(sink, [event])
+    _expect(first == [None] and again == [None], "delivering an event again succeeds")
+    return True
+
+
+async def _failing(harness: SinkHarness, behaviour: Behaviour) -> list[BaseException | None] | None:
+    sink = await harness.make_sink(behaviour)
+    if sink is None:
+        return None
+    async with sink:
+        results = await _deliver(sink, [make_event(), make_event()])
+    return results
+
+
+async def _retryable(harness: SinkHarness, count: int) -> bool:
+    results = await _failing(harness, "retryable")
+    if results is None:
+        return False
+    for result in results:
+        _expect(result is not None, "a failing receiver gives an error result, not success")
+        outcome = classify(result)
+        _expect(
+            not outcome.ok and not outcome.permanent,
+            f"a temporary failure is retryable: {result!r}",
+        )
+    return True
+
+
+async def _permanent(harness: SinkHarness, count: int) -> bool:
+    results = await _failing(harness, "permanent")
+    if results is None:
+        return False
+    for result in results:
+        _expect(isinstance(result, PermanentError), f"a refusal is a PermanentError: {result!r}")
+    return True
+
+
+async def _retry_after(harness: SinkHarness, count: int) -> bool:
+    results = await _failing(harness, "retry_after")
+    if results is None:
+        return False
+    for result in results:
+        _expect(
+            isinstance(result, RetryableError) and result.retry_after is not None,
+            f"a receiver asking for a delay gives RetryableError(retry_after=...): {result!r}",
+        )
+    return True
+
+
+async def _concurrency(harness: SinkHarness, count: int) -> bool:
+    sink = await harness.make_sink("ok")
+    assert sink is not None
+    _expect(sink.concurrency >= 1, "concurrency is at least 1")
+    batch = [make_event() for _ in range(max(count, sink.concurrency * 3))]
+    async with sink:
+        halves = await asyncio.gather(_deliver(sink, batch[::2]), _deliver(sink, batch[1::2]))
+    _expect(all(r is None for half in halves for r in half), "concurrent batches all succeed")
+    received = set(await harness.received_ids())
+    _expect(all(event.id in received for event in batch), "concurrent deliveries all arrive")
+    return True
