@@ -16,13 +16,16 @@ from outbox.exceptions import (
     SinkGone,
 )
 from outbox.hook import EventSource, install
+from outbox.hookspecs import hookimpl, hookspec
 from outbox.migrate import migrate, migration_script
 from outbox.publish import OutboxEvent, configure, publish
 from outbox.schema import metadata
+from outbox.sinks import Event, Sink
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Event",
     "EventSource",
     "MigrationError",
     "OutboxError",
@@ -30,10 +33,13 @@ __all__ = [
     "PermanentError",
     "PublishError",
     "RetryableError",
+    "Sink",
     "SinkError",
     "SinkGone",
     "__version__",
     "configure",
+    "hookimpl",
+    "hookspec",
     "install",
     "metadata",
     "migrate",

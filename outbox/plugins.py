@@ -30,9 +30,32 @@ def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
     for module_name in BUILTIN_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
     if entry_points:
-        manager.load_setuptools_entrypoints("outbox")
+        _load_entry_points(manager)
     manager.check_pending()
     return manager
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
+    try:
+        manager.load_setuptools_entrypoints("outbox")
+    except Exception as error:
+        culprit = _failing_entry_point()
+        raise PluginError(
+            f"plugin {culprit} failed to load: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _failing_entry_point() -> str:
+    for entry_point in importlib.metadata.entry_points(group="outbox"):
+        try:
+            entry_point.load()
+        except Exception:
+            return f"{entry_point.name!r} ({entry_point.value})"
+    return "(unknown)"
+
+
+class PluginError(RuntimeError):
+    """An installed plugin could not be loaded or registered."""
 
 
 def sink_types(manager: pluggy.PluginManager) -> dict[str, type[Sink]]:

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from outbox_jsonl import JsonlOptions, JsonlSink
+
+from outbox.sinks import Sink
+from outbox.testing import Behaviour, SinkHarness, exercise_sink, make_event
+
+
+class JsonlHarness(SinkHarness):
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "events.jsonl"
+
+    async def make_sink(self, behaviour: Behaviour = "ok") -> Sink | None:
+        if behaviour == "ok":
+            return JsonlSink(JsonlOptions(path=self.path))
+        if behaviour == "retryable":
+            return JsonlSink(JsonlOptions(path=self.path.parent / "missing-dir" / "x.jsonl"))
+        return None  # a file never refuses an event for good, nor asks for a delay
+
+    async def received_ids(self) -> Sequence[int]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line)["id"] for line in self.path.read_text().splitlines()]
+
+
+async def test_conformance(tmp_path: Path) -> None:
+    ran = await exercise_sink(JsonlHarness(tmp_path))
+    assert ran == ["acks", "repeat_is_harmless", "retryable", "concurrency"]
+
+
+async def test_redelivery_after_restart_writes_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    event = make_event(payload={"n": 1})
+    for _ in range(2):  # two sink instances: a relay restarted between deliveries
+        async with JsonlSink(JsonlOptions(path=path)) as sink:
+            assert await sink.deliver_batch([event]) == [None]
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["payload"] for line in lines] == [{"n": 1}]
+
+
+def test_options_reject_unknown_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="colour"):
+        JsonlOptions.model_validate({"path": str(tmp_path), "colour": "red"})
