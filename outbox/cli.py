@@ -274,5 +274,17 @@ def sinks_disable(name: str, config: Path | None, database_url: str | None) -> N
     _sink_switch(config, database_url, name, enable=False)
 
 
+@main.command("demo")
+@click.option("--database-url", envvar="OUTBOX_DATABASE_URL", help="Use this database instead of an embedded one.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the embedded server keeps its data (reused between runs).")
+@click.option("--orders", default=10, show_default=True, type=click.IntRange(1, 100_000), help="Orders the demo app commits (two events each).")
+def demo_command(database_url: str | None, data_dir: Path | None, orders: int) -> None:
+    """See it work: an app, a relay and three sinks, on an embedded PostgreSQL."""
+    from outbox.demo import default_data_dir, run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    sys.exit(run_demo(database_url, data_dir or default_data_dir(), orders))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main(prog_name=os.path.basename(sys.argv[0])))

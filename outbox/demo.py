@@ -1,0 +1,277 @@
+"""``outbox demo``: the whole product, end to end, on one machine.
+
+An embedded PostgreSQL (unless ``--database-url`` is given), the migrations, a small
+SQLAlchemy app that commits orders and records events through the session hook (and rolls
+one transaction back), and a relay fanning the events out to three sinks: a Python
+callable, a signed webhook to a receiver on 127.0.0.1 that verifies every signature, and a
+table in another schema. It shows progress live and a final table per sink, and exits 0
+when every event reached every sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import Integer, Numeric, String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+import outbox
+from outbox._embedded import start_embedded
+from outbox._urls import libpq_url, sqlalchemy_url
+from outbox.plugins import build_sinks, make_plugin_manager, sink_types
+from outbox.relay import Relay, RelayOptions
+from outbox.retry import RetryPolicy
+from outbox.routing import Subscription
+from outbox.settings import SinkSettings
+from outbox.sinks import Event
+
+DEMO_DATABASE = "outbox_demo"
+AUDIT_SCHEMA = "outbox_demo_audit"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server keeps its data between runs."""
+    return Path(tempfile.gettempdir()) / f"outbox-relay-demo-{os.getuid()}" / "pgdata"
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Order(_Base, outbox.EventSource):
+    __tablename__ = "demo_orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer: Mapped[str] = mapped_column(String(100))
+    total: Mapped[float] = mapped_column(Numeric(10, 2))
+    status: Mapped[str] = mapped_column(String(20))
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What each sink received, by event id."""
+
+    app: Counter[int] = dataclasses.field(default_factory=Counter)
+    webhook: Counter[int] = dataclasses.field(default_factory=Counter)
+    webhook_bad_signatures: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+_tally = _Tally()
+
+
+async def on_order_event(event: Event) -> None:
+    """The ``callable`` sink of the demo: an in-process handler."""
+    with _tally.lock:
+        _tally.app[event.id] += 1
+
+
+def run_demo(database_url: str | None, data_dir: Path, orders: int) -> int:
+    """Run the demo; return the process exit code."""
+    url = _prepare_database(database_url, data_dir)
+    outbox.migrate(url)
+    with psycopg.connect(url) as conn:
+        first_id = int(conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM outbox_events").fetchone()[0])  # type: ignore[index]
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    with _receiver(secret) as receiver_url:
+        return asyncio.run(_demo(url, receiver_url, secret, orders, first_id))
+
+
+def _prepare_database(database_url: str | None, data_dir: Path) -> str:
+    if database_url:
+        _say(f"Using the database at {database_url}")
+        return libpq_url(database_url)
+    fresh = not (data_dir / "PG_VERSION").exists()
+    _say(("Starting" if fresh else "Restarting") + f" an embedded PostgreSQL; its data is in {data_dir}")
+    server = start_embedded(data_dir, cleanup="stop")
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+    return server.replace("/postgres?", f"/{DEMO_DATABASE}?", 1)
+
+
+async def _demo(url: str, receiver_url: str, secret: str, orders: int, first_id: int) -> int:
+    sinks = build_sinks(_sink_settings(receiver_url, secret), sink_types(make_plugin_manager()))
+    subscriptions = [Subscription(("order.#",), ("app", "billing", "audit"))]
+    options = RelayOptions(poll_interval=0.5, retry=RetryPolicy(base_seconds=0.2, cap_seconds=2))
+    relay = Relay(url, sinks, subscriptions, options)
+    relay_task = asyncio.create_task(relay.run())
+    expected = await asyncio.to_thread(_run_app, url, orders)
+    _say(f"The app committed {orders} orders and {len(expected)} events; one more transaction rolled back.")
+    try:
+        await _watch(url, expected, relay_task)
+    finally:
+        relay.stop()
+        await relay_task
+    return _report(url, expected, first_id)
+
+
+def _sink_settings(receiver_url: str, secret: str) -> dict[str, SinkSettings]:
+    return {
+        "app": SinkSettings(type="callable", target="outbox.demo:on_order_event"),
+        "billing": SinkSettings(
+            type="webhook", url=receiver_url, secret=secret, allowed_networks=["127.0.0.1/32"]
+        ),
+        "audit": SinkSettings(type="postgres", schema=AUDIT_SCHEMA, table="events"),
+    }
+
+
+def _run_app(url: str, orders: int) -> set[int]:
+    """A small SQLAlchemy app: each order is created and confirmed in its own transaction."""
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        _Base.metadata.create_all(engine)
+        session_factory = outbox.install(sessionmaker(engine))
+        ids: set[int] = set()
+        for number in range(orders):
+            with session_factory.begin() as session:
+                order = Order(customer=f"customer-{number % 7}", total=10 + number, status="new")
+                session.add(order)
+                session.flush()
+                key = f"order-{order.id}"
+                created = order.record_event("order.created", _order_payload(order), key=key)
+                order.status = "confirmed"
+                confirmed = order.record_event("order.confirmed", _order_payload(order), key=key)
+            ids.update(event.id for event in (created, confirmed) if event.id is not None)
+        with session_factory() as session:
+            order = Order(customer="nobody", total=0, status="new")
+            session.add(order)
+            order.record_event("order.cancelled", {"note": "rolled back: never delivered"})
+            session.flush()
+            session.rollback()
+        return ids
+    finally:
+        engine.dispose()
+
+
+def _order_payload(order: Order) -> dict[str, Any]:
+    return {"order_id": order.id, "customer": order.customer, "total": str(order.total), "status": order.status}
+
+
+async def _watch(url: str, expected: set[int], relay_task: asyncio.Task[Any]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not relay_task.done():
+        counts = _delivered(url, expected)
+        line = "  ".join(f"{name} {count}/{len(expected)}" for name, count in counts.items())
+        print(f"\r  delivered: {line}   ", end="", flush=True)
+        if all(count == len(expected) for count in counts.values()):
+            break
+        await asyncio.sleep(0.2)
+    print()
+
+
+def _delivered(url: str, expected: set[int]) -> dict[str, int]:
+    with _tally.lock:
+        app = sum(1 for event_id in _tally.app if event_id in expected)
+        webhook = sum(1 for event_id in _tally.webhook if event_id in expected)
+    return {"app": app, "billing": webhook, "audit": len(_audit_ids(url) & expected)}
+
+
+def _audit_ids(url: str) -> set[int]:
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass(%s)", [f"{AUDIT_SCHEMA}.events"]).fetchone()
+        if not exists or exists[0] is None:
+            return set()
+        return {row[0] for row in conn.execute(f"SELECT event_id FROM {AUDIT_SCHEMA}.events")}
+
+
+def _report(url: str, expected: set[int], first_id: int) -> int:
+    with psycopg.connect(url) as conn:
+        statuses = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM outbox_events WHERE id >= %s GROUP BY status", [first_id]
+            ).fetchall()
+        )
+        cancelled = conn.execute(
+            "SELECT count(*) FROM outbox_events WHERE topic = 'order.cancelled' AND id >= %s", [first_id]
+        ).fetchone()
+    audit = _audit_ids(url)
+    rows = [
+        ("app", "callable", len(set(_tally.app) & expected), _duplicates(_tally.app)),
+        ("billing", "webhook", len(set(_tally.webhook) & expected), _duplicates(_tally.webhook)),
+        ("audit", "postgres", len(audit & expected), 0),
+    ]
+    print()
+    print(f"  {'sink':<9}{'type':<10}{'delivered':>10}{'expected':>10}{'repeats':>9}")
+    for name, kind, delivered, repeats in rows:
+        print(f"  {name:<9}{kind:<10}{delivered:>10}{len(expected):>10}{repeats:>9}")
+    print()
+    print(f"  outbox_events by status: {json.dumps(statuses)}")
+    print(f"  webhook signatures verified: {sum(_tally.webhook.values())}, refused: {_tally.webhook_bad_signatures}")
+    print(f"  events of the rolled-back transaction in the table: {cancelled[0] if cancelled else '?'}")
+    ok = all(delivered == len(expected) for _, _, delivered, _ in rows)
+    ok = ok and statuses.get("done", 0) == len(expected) and not _tally.webhook_bad_signatures
+    ok = ok and bool(cancelled) and cancelled is not None and cancelled[0] == 0
+    print()
+    print("  Look at the table yourself:")
+    print(f"    psql '{url}' -c 'SELECT id, topic, key, status, deliveries FROM outbox_events ORDER BY id DESC LIMIT 5'")
+    print(f"    psql '{url}' -c 'SELECT event_id, topic FROM {AUDIT_SCHEMA}.events ORDER BY event_id DESC LIMIT 5'")
+    print()
+    print("  All events delivered to every sink." if ok else "  Some events were not delivered.")
+    return 0 if ok else 1
+
+
+def _duplicates(counter: Counter[int]) -> int:
+    return sum(count - 1 for count in counter.values() if count > 1)
+
+
+@contextlib.contextmanager
+def _receiver(secret: str) -> Iterator[str]:
+    """A webhook receiver on 127.0.0.1 that verifies Standard Webhooks signatures."""
+    verifier = _verifier(secret)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            try:
+                verifier(body, dict(self.headers.items()))
+            except Exception:
+                with _tally.lock:
+                    _tally.webhook_bad_signatures += 1
+                self.send_response(401)
+                self.end_headers()
+                return
+            with _tally.lock:
+                _tally.webhook[int(self.headers["webhook-id"])] += 1
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/orders"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _verifier(secret: str) -> Any:
+    try:
+        from standardwebhooks import Webhook  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - the demo extra installs it
+        sys.exit("the demo needs the standardwebhooks package: pip install 'outbox-relay[demo]'")
+    return Webhook(secret).verify
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
