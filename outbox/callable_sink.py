@@ -45,8 +45,10 @@ def resolve_target(path: str) -> Callable[..., Any]:
         raise ValueError(f"{path!r} is not of the form 'package.module:function'")
     try:
         target: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r}: {error}") from error
+    except Exception as error:  # a module failing as it runs is a configuration error too
+        raise ValueError(
+            f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
+        ) from error
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -72,10 +74,10 @@ class CallableSink(Sink):
             self.concurrency = options.concurrency
         else:
             self._function, self._batch = options, batch
-        self._is_async = inspect.iscoroutinefunction(self._function)
+        self._is_async = _is_async(self._function)
 
     async def deliver(self, event: Event) -> None:
-        await self._call(event)
+        await self._call([event] if self._batch else event)
 
     async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
         if not self._batch:
@@ -91,6 +93,13 @@ class CallableSink(Sink):
             await self._function(argument)
         else:
             await asyncio.to_thread(self._function, argument)
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    # An object with ``async def __call__`` is async too: run in a thread, its coroutine
+    # would never be awaited and the event would count as delivered.
+    call = type(function).__call__
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
 
 
 @hookimpl

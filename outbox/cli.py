@@ -21,7 +21,13 @@ import psycopg
 
 from outbox._urls import libpq_url
 from outbox.migrate import DEFAULT_CHANNEL, DEFAULT_SCHEMA, migrate, migration_script
-from outbox.plugins import build_sinks, describe_plugins, make_plugin_manager, sink_types
+from outbox.plugins import (
+    PluginError,
+    build_sinks,
+    describe_plugins,
+    make_plugin_manager,
+    sink_types,
+)
 from outbox.relay import Relay, RelayOptions
 from outbox.settings import ConfigError, Settings, load_settings
 from outbox.store import Store
@@ -205,6 +211,8 @@ def config_check(config: Path | None) -> None:
             build_sinks(settings.sinks, sink_types(make_plugin_manager()))
         except ConfigError as error:
             errors = error.errors
+        except PluginError as error:
+            errors = [("plugins", str(error))]
     if errors:
         for where, message in errors:
             click.echo(f"{where}: {message}", err=True)
@@ -217,7 +225,11 @@ def config_check(config: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins_command(as_json: bool) -> None:
     """List the loaded plugins and the sink types they bring."""
-    described = describe_plugins(make_plugin_manager())
+    try:
+        described = describe_plugins(make_plugin_manager())
+    except PluginError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(info) for info in described], indent=2))
         return
@@ -275,9 +287,24 @@ def sinks_disable(name: str, config: Path | None, database_url: str | None) -> N
 
 
 @main.command("demo")
-@click.option("--database-url", envvar="OUTBOX_DATABASE_URL", help="Use this database instead of an embedded one.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the embedded server keeps its data (reused between runs).")
-@click.option("--orders", default=10, show_default=True, type=click.IntRange(1, 100_000), help="Orders the demo app commits (two events each).")
+@click.option(
+    "--database-url",
+    envvar="OUTBOX_DATABASE_URL",
+    help="Use this database instead of an embedded one.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the embedded server keeps its data (reused between runs).",
+)
+@click.option(
+    "--orders",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Orders the demo app commits (two events each).",
+)
 def demo_command(database_url: str | None, data_dir: Path | None, orders: int) -> None:
     """See it work: an app, a relay and three sinks, on an embedded PostgreSQL."""
     from outbox.demo import default_data_dir, run_demo

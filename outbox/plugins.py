@@ -24,14 +24,20 @@ BUILTIN_PLUGINS = ("outbox.callable_sink", "outbox.postgres_sink")
 
 
 def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
-    """A plugin manager with the built-in sinks and, unless disabled, installed plugins."""
+    """A plugin manager with the built-in sinks and, unless disabled, installed plugins.
+
+    Raises :class:`PluginError` when a plugin fails to load or implements an unknown hook.
+    """
     manager = pluggy.PluginManager("outbox")
     manager.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
     if entry_points:
         _load_entry_points(manager)
-    manager.check_pending()
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:  # a misspelt hook name
+        raise PluginError(str(error)) from error
     return manager
 
 
@@ -59,12 +65,15 @@ class PluginError(RuntimeError):
 
 
 def sink_types(manager: pluggy.PluginManager) -> dict[str, type[Sink]]:
-    """Every registered sink type by name; two plugins claiming one name is an error."""
+    """Every registered sink type by name.
+
+    Raises :class:`PluginError` when two plugins claim one name.
+    """
     found: dict[str, type[Sink]] = {}
 
     def register(name: str, sink_class: type[Sink]) -> None:
         if name in found and found[name] is not sink_class:
-            raise ValueError(
+            raise PluginError(
                 f"sink type {name!r} is registered twice: by {found[name].__module__} "
                 f"and by {sink_class.__module__}"
             )

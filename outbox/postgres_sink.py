@@ -14,6 +14,7 @@ nothing. Without ``dsn`` the insert runs inside the transaction that marks the e
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -87,6 +88,9 @@ class PostgresSink(Sink):
         self._insert = sql.SQL(_INSERT).format(table=table)
         self._created = not options.create_table
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        # One connection, one transaction at a time: concurrent batches would nest as
+        # savepoints of each other and open a connection each on first use.
+        self._lock = asyncio.Lock()
 
     async def deliver(self, event: Event) -> None:
         errors = await self.deliver_batch([event])
@@ -100,12 +104,16 @@ class PostgresSink(Sink):
         return [None] * len(events)
 
     async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
+        async with self._lock:
+            return await self._deliver_batch(events)
+
+    async def _deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
         try:
             conn = await self._connection()
             async with conn.transaction():
                 await self._write(conn, events)
         except psycopg.OperationalError as error:
-            await self.aclose()
+            await self._close()
             return [RetryableError(f"postgres sink: {error}")] * len(events)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
             return [PermanentError(f"postgres sink: {error}")] * len(events)
@@ -118,7 +126,12 @@ class PostgresSink(Sink):
             async with conn.transaction():
                 await conn.execute(self._create)
             self._created = True
-        await conn.execute(self._insert, {"rows": _rows_json(events)})
+        try:
+            await conn.execute(self._insert, {"rows": _rows_json(events)})
+        except psycopg.errors.UndefinedTable:
+            # The transaction that created the table was rolled back: create it next time.
+            self._created = not self._options.create_table
+            raise
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
@@ -128,6 +141,10 @@ class PostgresSink(Sink):
         return self._conn
 
     async def aclose(self) -> None:
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()

@@ -8,6 +8,7 @@ key, with its default, is documented in ``config/outbox.toml``.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -135,6 +137,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="OUTBOX_",
+        # The prefix also applies to aliased fields: ``schema`` is OUTBOX_SCHEMA, never a bare
+        # SCHEMA that happens to be in the environment.
+        env_prefix_target="all",
         env_nested_delimiter="__",
         extra="forbid",
         populate_by_name=True,
@@ -222,8 +227,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return settings_class(**flags)
     except ValidationError as error:
         raise ConfigError(_locate(error)) from None
-    except ValueError as error:  # a TOML syntax error
-        raise ConfigError([(str(path), str(error))]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([(str(path), f"invalid TOML: {error}")]) from None
+    except SettingsError as error:  # an OUTBOX_* variable that is not valid JSON
+        raise ConfigError([("(environment)", str(error))]) from None
 
 
 def _locate(error: ValidationError) -> list[tuple[str, str]]:
