@@ -157,25 +157,30 @@ class Relay:
     async def _work(self, *, once: bool, drain: bool) -> None:
         conn: Connection | None = None
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                if conn is None or conn.closed:
-                    conn = await self._connect()
-                claimed = await self._run_batch(conn)
-                failures = 0
-                if once:
-                    return
-                if claimed:
-                    continue
-                if drain and not await self._store.has_outstanding(conn):
-                    return
-                await self._idle(conn)
-            except psycopg.OperationalError as error:
-                failures += 1
-                await _close_quietly(conn)
-                conn = None
-                await self._sleep_before_reconnect(failures, error)
-        await _close_quietly(conn)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    # Cleared before the claim, not before the wait: a NOTIFY that lands
+                    # after this claim's snapshot must still cut the next wait short.
+                    self._wake.clear()
+                    claimed = await self._run_batch(conn)
+                    failures = 0
+                    if once:
+                        return
+                    if claimed:
+                        continue
+                    if drain and not await self._store.has_outstanding(conn):
+                        return
+                    await self._idle(conn)
+                except psycopg.OperationalError as error:
+                    failures += 1
+                    await _close_quietly(conn)
+                    conn = None
+                    await self._sleep_before_reconnect(failures, error)
+        finally:
+            await _close_quietly(conn)
 
     async def _run_batch(self, conn: Connection) -> int:
         claim = await self._store.claim(
@@ -271,9 +276,9 @@ class Relay:
         outcomes: dict[int, dict[str, Outcome]],
     ) -> None:
         for (row, _), error in zip(items, errors, strict=True):
-            outcomes[row.id][sink_name] = classify(error)
+            outcome = outcomes[row.id][sink_name] = classify(error)
             if isinstance(error, SinkGone) and sink_name not in self._disabled:
-                await self._disable(sink_name, str(error))
+                await self._disable(sink_name, outcome.error or "gone")
         self.stats.deliveries += len(items)
 
     async def _disable(self, sink_name: str, reason: str) -> None:
@@ -357,11 +362,12 @@ class Relay:
     # -- waiting, listening, upkeep ------------------------------------------------------
 
     async def _idle(self, conn: Connection) -> None:
+        if self._stopping.is_set():  # stop() came before this round cleared the wake-up
+            return
         timeout = self.options.poll_interval
         next_due = await self._store.seconds_until_next_due(conn)
         if next_due is not None and next_due > 0:
             timeout = min(timeout, next_due)
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
@@ -396,23 +402,25 @@ class Relay:
     async def _maintain(self) -> None:
         conn: Connection | None = None
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                if conn is None or conn.closed:
-                    conn = await self._connect()
-                self._disabled = await self._store.disabled_sinks(conn)
-                await self._recover(conn)
-                await self._purge(conn)
-                failures = 0
-            except psycopg.OperationalError as error:
-                failures += 1
-                await _close_quietly(conn)
-                conn = None
-                logger.warning("maintenance connection lost: %s", error)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.options.maintenance_interval):
-                    await self._stopping.wait()
-        await _close_quietly(conn)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    self._disabled = await self._store.disabled_sinks(conn)
+                    await self._recover(conn)
+                    await self._purge(conn)
+                    failures = 0
+                except psycopg.OperationalError as error:
+                    failures += 1
+                    await _close_quietly(conn)
+                    conn = None
+                    logger.warning("maintenance connection lost: %s", error)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.options.maintenance_interval):
+                        await self._stopping.wait()
+        finally:  # run() cancels this task: close on the way out
+            await _close_quietly(conn)
 
     async def _recover(self, conn: Connection) -> None:
         recovered = await self._store.recover_expired(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -22,6 +23,9 @@ FAILED = "failed"
 UNROUTED = "unrouted"
 NO_SINK_KEY = "*"
 MAX_ERROR_LENGTH = 2000
+MAX_RETRY_AFTER = 30 * 24 * 3600.0
+"""A sink's ``retry_after`` beyond this (seconds) is cut to it: far enough for any receiver,
+near enough that the date stays representable (an infinite one would crash the settle)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,8 @@ class RetryPolicy:
             raise ValueError("backoff needs 0 < base_seconds <= cap_seconds")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
+        if self.errors_kept < 1:
+            raise ValueError("errors_kept must be at least 1")
 
 
 def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
@@ -80,6 +86,9 @@ def classify(error: BaseException | None) -> Outcome:
 def _describe(error: BaseException) -> str:
     message = str(error)
     text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    # Postgres text and jsonb hold neither NUL nor lone surrogates: one such message in a
+    # sink's exception must not make the settle statement fail.
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     return text[:MAX_ERROR_LENGTH]
 
 
@@ -165,8 +174,8 @@ def _apply_outcome(
     if outcome.permanent or state["attempts"] >= policy.max_attempts:
         state["status"] = FAILED
         return
-    if outcome.retry_after is not None:
-        delay = outcome.retry_after
+    if outcome.retry_after is not None and not math.isnan(outcome.retry_after):
+        delay = min(max(outcome.retry_after, 0.0), MAX_RETRY_AFTER)
     else:
         delay = backoff_seconds(state["attempts"], policy, rng)
     state.update(status=RETRYING, not_before=(now + dt.timedelta(seconds=delay)).isoformat())

@@ -105,9 +105,11 @@ WHERE id IN (
 """
 
 # When the next pending row falls due, in seconds from now (outbox_events_pending_idx).
+# Only rows not yet due count: a due row that cannot be claimed (its key parked or waiting)
+# must not hide a later one that can.
 _NEXT_DUE = """
 SELECT EXTRACT(EPOCH FROM (min(process_at) - now()))::float8
-FROM {table} WHERE status = 'pending'
+FROM {table} WHERE status = 'pending' AND process_at > now()
 """
 
 # Whether work is left for a draining relay: rows in flight, or due rows whose key is not
