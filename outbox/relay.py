@@ -41,6 +41,8 @@ from outbox.store import Claim, ClaimedRow, Connection, Store, listen_statement
 logger = logging.getLogger(__name__)
 
 _RECONNECT_FIRST = 0.1
+_FIRST_RECHECK = 0.01
+_SETTLE_RETRIES = 4
 _RECONNECT_CAP = 10.0
 
 
@@ -87,6 +89,28 @@ class RelayStats:
 _Deliveries = dict[str, list[tuple[ClaimedRow, Event]]]
 
 
+class RelayObserver:
+    """Receives the relay's measurements (for metrics); every method defaults to nothing."""
+
+    wants_backlog = False
+    """True to have :meth:`backlog` called each maintenance round (one extra query)."""
+
+    def claimed(self, count: int) -> None:
+        """A batch of ``count`` events was claimed."""
+
+    def delivered(self, topic: str, sink: str, ok: bool, permanent: bool, seconds: float) -> None:
+        """One delivery attempt ended; ``seconds`` is the sink's time for its whole batch."""
+
+    def settled(self, status: str) -> None:
+        """An event was settled to ``status`` (done, pending, failed)."""
+
+    def lease_lost(self) -> None:
+        """A settle found its lease taken over: the result was discarded."""
+
+    def backlog(self, pending: int, lag_seconds: float) -> None:
+        """Events pending, and the age of the oldest one due."""
+
+
 def default_relay_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -100,8 +124,11 @@ class Relay:
         sinks: Mapping[str, Sink],
         subscriptions: Sequence[Subscription],
         options: RelayOptions | None = None,
+        *,
+        observer: RelayObserver | None = None,
     ) -> None:
         self.options = options or RelayOptions()
+        self.observer = observer or RelayObserver()
         self.name = self.options.name or default_relay_name()
         self.stats = RelayStats()
         self._url = libpq_url(database_url)
@@ -115,11 +142,24 @@ class Relay:
         self._stopping = asyncio.Event()
         self._disabled: set[str] = set()
         self._listening = False
+        self._database_seen: float | None = None
+        self._recheck = _FIRST_RECHECK
 
     @property
     def listening(self) -> bool:
         """True while the LISTEN connection is up."""
         return self._listening
+
+    def readiness_problems(self) -> list[str]:
+        """Why the relay is not ready; empty when it is (the database answered recently and,
+        unless polling only, the listener is connected)."""
+        problems = []
+        stale_after = 3 * self.options.maintenance_interval + 5
+        if self._database_seen is None or time.monotonic() - self._database_seen > stale_after:
+            problems.append("database not reached recently")
+        if self.options.listen and not self._listening:
+            problems.append("listener not connected")
+        return problems
 
     def stop(self) -> None:
         """Stop claiming; batches in flight finish and settle, then :meth:`run` returns."""
@@ -130,6 +170,7 @@ class Relay:
         """Run until :meth:`stop`; with ``drain`` until nothing is due, with ``once`` for one
         batch. Returns the counters."""
         logger.info("relay %s starting", self.name, extra={"relay": self.name})
+        await self._load_disabled_sinks()
         background = []
         if self.options.listen and not once:
             background.append(asyncio.create_task(self._listen(), name="outbox-listen"))
@@ -152,6 +193,13 @@ class Relay:
         logger.info("relay %s stopped: %s", self.name, self.stats, extra={"relay": self.name})
         return self.stats
 
+    async def _load_disabled_sinks(self) -> None:
+        # Before the first claim, so that not even one batch goes to a disabled sink; if the
+        # database is down now, the maintenance round loads them once it is back.
+        with contextlib.suppress(psycopg.OperationalError):
+            async with await self._connect() as conn:
+                self._disabled = await self._store.disabled_sinks(conn)
+
     # -- the loop ------------------------------------------------------------------------
 
     async def _work(self, *, once: bool, drain: bool) -> None:
@@ -170,6 +218,7 @@ class Relay:
                     if once:
                         return
                     if claimed:
+                        self._recheck = _FIRST_RECHECK
                         continue
                     if drain and not await self._store.has_outstanding(conn):
                         return
@@ -193,6 +242,7 @@ class Relay:
             return 0
         self.stats.batches += 1
         self.stats.claimed += len(claim.rows)
+        self.observer.claimed(len(claim.rows))
         logger.debug("claimed %d events", len(claim.rows), extra={"relay": self.name})
         started = time.monotonic()
         outcomes: dict[int, dict[str, Outcome]] = {row.id: {} for row in claim.rows}
@@ -206,9 +256,9 @@ class Relay:
             # The sink's writes and the settle commit together: exactly once for that sink.
             async with conn.transaction():
                 await self._deliver_in_transaction(conn, in_transaction, outcomes)
-                await self._settle(conn, claim, outcomes, started)
+                await self._settle(conn, claim, outcomes, started, may_reconnect=False)
         else:
-            await self._settle(conn, claim, outcomes, started)
+            await self._settle(conn, claim, outcomes, started, may_reconnect=True)
         self._wake.set()  # a settled keyed event may unblock the next one of its key
         return len(claim.rows)
 
@@ -251,14 +301,15 @@ class Relay:
         results = await asyncio.gather(
             *(self._deliver_to(name, items) for name, items in per_sink.items())
         )
-        for (name, items), errors in zip(per_sink.items(), results, strict=True):
-            await self._record(name, items, errors, outcomes)
+        for (name, items), (errors, seconds) in zip(per_sink.items(), results, strict=True):
+            await self._record(name, items, errors, outcomes, seconds)
 
     async def _deliver_in_transaction(
         self, conn: Connection, per_sink: _Deliveries, outcomes: dict[int, dict[str, Outcome]]
     ) -> None:
         for name, items in per_sink.items():
             events = [event for _, event in items]
+            started = time.monotonic()
             try:
                 async with conn.transaction():  # a savepoint: a failing sink writes nothing
                     errors = await self._sinks[name].deliver_in_transaction(conn, events)
@@ -266,7 +317,7 @@ class Relay:
                 raise
             except Exception as error:
                 errors = [error] * len(events)
-            await self._record(name, items, errors, outcomes)
+            await self._record(name, items, errors, outcomes, time.monotonic() - started)
 
     async def _record(
         self,
@@ -274,9 +325,11 @@ class Relay:
         items: list[tuple[ClaimedRow, Event]],
         errors: Sequence[BaseException | None],
         outcomes: dict[int, dict[str, Outcome]],
+        seconds: float,
     ) -> None:
         for (row, _), error in zip(items, errors, strict=True):
             outcome = outcomes[row.id][sink_name] = classify(error)
+            self.observer.delivered(row.topic, sink_name, outcome.ok, outcome.permanent, seconds)
             if isinstance(error, SinkGone) and sink_name not in self._disabled:
                 await self._disable(sink_name, outcome.error or "gone")
         self.stats.deliveries += len(items)
@@ -290,8 +343,13 @@ class Relay:
 
     async def _deliver_to(
         self, sink_name: str, items: list[tuple[ClaimedRow, Event]]
-    ) -> list[BaseException | None]:
-        events = [event for _, event in items]
+    ) -> tuple[list[BaseException | None], float]:
+        """The sink's results for ``items``, and how long it took."""
+        started = time.monotonic()
+        errors = await self._call_sink(sink_name, [event for _, event in items])
+        return errors, time.monotonic() - started
+
+    async def _call_sink(self, sink_name: str, events: list[Event]) -> list[BaseException | None]:
         timeout = self.options.delivery_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -314,16 +372,41 @@ class Relay:
         claim: Claim,
         outcomes: dict[int, dict[str, Outcome]],
         started: float,
+        *,
+        may_reconnect: bool,
     ) -> None:
         now = claim.now + dt.timedelta(seconds=time.monotonic() - started)
         settled = [(row, self._settlement(row, outcomes[row.id], now)) for row in claim.rows]
-        kept = await self._store.settle(conn, settled)
+        try:
+            kept = await self._store.settle(conn, settled)
+        except psycopg.OperationalError:
+            if not may_reconnect:
+                raise
+            # The deliveries happened: write them back on a new connection rather than let
+            # the leases expire and the events go out again.
+            kept = await self._settle_on_new_connection(settled)
         for row, settlement in settled:
             if row.id not in kept:
                 self.stats.leases_lost += 1
+                self.observer.lease_lost()
                 _log_event(logging.WARNING, "lease lost, result discarded", row, relay=self.name)
                 continue
+            self.observer.settled(settlement.status)
             self._count_and_log(row, settlement, outcomes[row.id])
+
+    async def _settle_on_new_connection(
+        self, settled: list[tuple[ClaimedRow, Settlement]]
+    ) -> set[int]:
+        for attempt in range(1, _SETTLE_RETRIES + 1):
+            await asyncio.sleep(_reconnect_delay(attempt))
+            try:
+                async with await self._connect() as conn:
+                    return await self._store.settle(conn, settled)
+            except psycopg.OperationalError as error:
+                if attempt == _SETTLE_RETRIES:
+                    raise
+                logger.warning("settle failed (%s); retrying on a new connection", error)
+        raise AssertionError("unreachable")
 
     def _count_and_log(
         self, row: ClaimedRow, settlement: Settlement, attempted: dict[str, Outcome]
@@ -365,9 +448,15 @@ class Relay:
         if self._stopping.is_set():  # stop() came before this round cleared the wake-up
             return
         timeout = self.options.poll_interval
-        next_due = await self._store.seconds_until_next_due(conn)
-        if next_due is not None and next_due > 0:
+        next_due, waiting = await self._store.next_due(conn)
+        if next_due is not None:
             timeout = min(timeout, next_due)
+        if waiting:
+            # Due rows that could not be claimed wait on a running transaction or an earlier
+            # event of their key; nothing notifies when those end, so look again soon, less
+            # often the longer it lasts.
+            timeout = min(timeout, self._recheck)
+            self._recheck = min(self._recheck * 2, self.options.poll_interval)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
@@ -410,6 +499,9 @@ class Relay:
                     self._disabled = await self._store.disabled_sinks(conn)
                     await self._recover(conn)
                     await self._purge(conn)
+                    if self.observer.wants_backlog:
+                        self.observer.backlog(*await self._store.backlog(conn))
+                    self._database_seen = time.monotonic()
                     failures = 0
                 except psycopg.OperationalError as error:
                     failures += 1

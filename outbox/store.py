@@ -83,16 +83,24 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
 WHERE e.id = r.id AND e.lease_token = r.token AND e.status = 'processing'
 """
 
-# Rows whose lease expired (their relay died or stalled) become claimable again; after
-# max_attempts claims they fail rather than crash relays forever (outbox_events_processing_idx).
+# Rows whose lease expired (their relay died or stalled) become claimable again
+# (outbox_events_processing_idx). A row whose claims outnumber what its sinks' attempts can
+# explain has crashed relays repeatedly: it fails rather than crash them forever.
 _RECOVER = """
-UPDATE {table}
-SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-    done_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
-    last_error = 'lease of ' || COALESCE(locked_by, '?') || ' expired during attempt ' || attempts,
+UPDATE {table} AS e
+SET status = CASE WHEN x.exhausted THEN 'failed' ELSE 'pending' END,
+    done_at = CASE WHEN x.exhausted THEN now() END,
+    last_error = 'lease of ' || COALESCE(e.locked_by, '?') || ' expired during attempt '
+                 || e.attempts,
     locked_by = NULL, locked_until = NULL, lease_token = NULL
-WHERE status = 'processing' AND locked_until < now()
-RETURNING id, status
+FROM (
+    SELECT id, attempts >= %(max_attempts)s
+                 * (1 + (SELECT count(*) FROM jsonb_object_keys(deliveries))) AS exhausted
+    FROM {table}
+    WHERE status = 'processing' AND locked_until < now()
+) AS x
+WHERE e.id = x.id AND e.status = 'processing'
+RETURNING e.id, e.status
 """
 
 # Delete done rows older than the retention, a bounded batch at a time (outbox_events_done_idx).
@@ -104,12 +112,20 @@ WHERE id IN (
     LIMIT %(limit)s)
 """
 
-# When the next pending row falls due, in seconds from now (outbox_events_pending_idx).
-# Only rows not yet due count: a due row that cannot be claimed (its key parked or waiting)
-# must not hide a later one that can.
+# When the next pending row falls due, in seconds from now, and whether due rows are
+# waiting unclaimed (a key fence or a parked key) (outbox_events_pending_idx, both).
 _NEXT_DUE = """
-SELECT EXTRACT(EPOCH FROM (min(process_at) - now()))::float8
-FROM {table} WHERE status = 'pending' AND process_at > now()
+SELECT (SELECT EXTRACT(EPOCH FROM (min(process_at) - now()))::float8
+        FROM {table} WHERE status = 'pending' AND process_at > now()),
+       EXISTS (SELECT 1 FROM {table} WHERE status = 'pending' AND process_at <= now())
+"""
+
+# Pending events and the age of the oldest due one, for metrics (outbox_events_pending_idx).
+_BACKLOG = """
+SELECT count(*),
+       COALESCE(EXTRACT(EPOCH FROM
+           now() - min(process_at) FILTER (WHERE process_at <= now())), 0)::float8
+FROM {table} WHERE status = 'pending'
 """
 
 # Whether work is left for a draining relay: rows in flight, or due rows whose key is not
@@ -181,6 +197,7 @@ class Store:
         self._recover = render(_RECOVER)
         self._purge_done = render(_PURGE_DONE)
         self._next_due = render(_NEXT_DUE)
+        self._backlog = render(_BACKLOG)
         self._outstanding = render(_OUTSTANDING)
         self._disabled_sinks = render(_DISABLED_SINKS)
         self._disable_sink = render(_DISABLE_SINK)
@@ -224,10 +241,21 @@ class Store:
         cursor = await conn.execute(self._purge_done, {"keep": keep_seconds, "limit": limit})
         return cursor.rowcount
 
-    async def seconds_until_next_due(self, conn: Connection) -> float | None:
+    async def next_due(self, conn: Connection) -> tuple[float | None, bool]:
+        """Seconds until the next scheduled row is due (None: none), and whether rows that
+        are due now wait unclaimed."""
         cursor = await conn.execute(self._next_due)
         record = await cursor.fetchone()
-        return None if record is None or record[0] is None else float(record[0])
+        assert record is not None
+        seconds = None if record[0] is None else max(float(record[0]), 0.0)
+        return seconds, bool(record[1])
+
+    async def backlog(self, conn: Connection) -> tuple[int, float]:
+        """Pending events, and the age in seconds of the oldest one due."""
+        cursor = await conn.execute(self._backlog)
+        record = await cursor.fetchone()
+        assert record is not None
+        return int(record[0]), float(record[1])
 
     async def has_outstanding(self, conn: Connection) -> bool:
         cursor = await conn.execute(self._outstanding)

@@ -432,16 +432,16 @@ async def test_a_notification_during_the_idle_check_is_not_lost(
     sink = Recorder()
     relay = relay_for(database_url, {"sink": sink}, poll_interval=30.0)
     published: list[int] = []
-    real = relay._store.seconds_until_next_due
+    real = relay._store.next_due
 
-    async def publish_meanwhile(conn: Any) -> float | None:
+    async def publish_meanwhile(conn: Any) -> tuple[float | None, bool]:
         if relay.listening and not published:
             published.append(await publish(database_url, "order.paid"))
             # The listener forwards the NOTIFY while this round is still deciding to wait.
             await asyncio.wait_for(relay._wake.wait(), DEADLINE)
         return await real(conn)
 
-    monkeypatch.setattr(relay._store, "seconds_until_next_due", publish_meanwhile)
+    monkeypatch.setattr(relay._store, "next_due", publish_meanwhile)
     async with running(relay) as run:
         await run.until(lambda: _true(bool(published)), "the event to be published")
         await run.until(status_is(db, "done", *published), "the relay to wake up")
