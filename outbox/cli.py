@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import psycopg
 
+from outbox import admin
 from outbox._urls import libpq_url
 from outbox.migrate import DEFAULT_CHANNEL, DEFAULT_SCHEMA, migrate, migration_script
 from outbox.plugins import (
@@ -29,6 +32,7 @@ from outbox.plugins import (
     sink_types,
 )
 from outbox.relay import Relay, RelayOptions
+from outbox.routing import validate_pattern
 from outbox.settings import ConfigError, Settings, load_settings
 from outbox.store import Store
 
@@ -311,6 +315,521 @@ def demo_command(database_url: str | None, data_dir: Path | None, orders: int) -
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     sys.exit(run_demo(database_url, data_dir or default_data_dir(), orders))
+
+
+# -- operator commands: status, events, retry, replay, purge (their SQL is in outbox.admin) --
+#
+# A repair (retry, replay, purge) says how many events it matches and asks before it touches
+# any: --yes skips the question; without --yes and without a terminal on stdin it stops with
+# exit 2. Answering no changes nothing and exits 1 (click's convention for an abort).
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _db_options(command: _F) -> _F:
+    command = click.option(
+        "--database-url",
+        envvar="OUTBOX_DATABASE_URL",
+        help="PostgreSQL URL (env: OUTBOX_DATABASE_URL).",
+    )(command)
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(path_type=Path),
+        help="Configuration file (default: config/outbox.toml).",
+    )(command)
+
+
+def _repair_options(command: _F) -> _F:
+    command = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")(command)
+    command = click.option(
+        "--batch-size",
+        default=admin.DEFAULT_BATCH,
+        show_default=True,
+        type=click.IntRange(1, 100_000),
+        help="Rows per statement; each batch commits by itself.",
+    )(command)
+    command = click.option(
+        "--dry-run", is_flag=True, help="Only say how many events match; change nothing."
+    )(command)
+    return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(command)
+
+
+def _topic_pattern(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_pattern(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def _time_bound(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> admin.TimeBound | None:
+    if value is None:
+        return None
+    try:
+        return admin.parse_time(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> dt.timedelta:
+    try:
+        return admin.parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def _admin_target(config: Path | None, database_url: str | None) -> tuple[str, str]:
+    settings = _load(config, database_url=database_url)
+    return libpq_url(_require_url(settings)), settings.db_schema
+
+
+def _with_db(url: str, work: Callable[[admin.Connection], Awaitable[_T]]) -> _T:
+    """Run ``work`` on an autocommit connection; a database error ends the command with
+    exit 1 and its first line, no traceback."""
+
+    async def run() -> _T:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        async with conn:
+            return await work(conn)
+
+    try:
+        return asyncio.run(run())
+    except psycopg.Error as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        click.echo(f"error: {lines[0]}", err=True)
+        sys.exit(1)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        click.echo("  ".join(cells).rstrip())
+
+
+@main.command("status")
+@_db_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_command(config: Path | None, database_url: str | None, as_json: bool) -> None:
+    """Events per topic and status, lag, parked keys, failing sinks, relays holding leases."""
+    url, schema = _admin_target(config, database_url)
+    report = _with_db(url, lambda conn: admin.status(conn, schema))
+    if as_json:
+        _echo_json(dataclasses.asdict(report))
+        return
+    _print_counts(report)
+    _print_health(report)
+
+
+def _print_counts(report: admin.Status) -> None:
+    header = ["TOPIC", *(status.upper() for status in admin.STATUSES)]
+    rows = [
+        [topic, *(str(counts[s]) for s in admin.STATUSES)]
+        for topic, counts in report.topics.items()
+    ]
+    total = ["total", *(str(report.totals[s]) for s in admin.STATUSES)]
+    _table([header, *rows, total])
+    lag = report.lag
+    if lag is None:
+        click.echo("\nlag: none (no event is due)")
+    else:
+        click.echo(
+            f"\nlag: {_ago(lag.seconds)} ({lag.due} due; longest waiting: event {lag.event_id}, "
+            f"{lag.topic}, created {_when(lag.created_at)})"
+        )
+
+
+def _print_health(report: admin.Status) -> None:
+    click.echo(f"parked keys: {report.parked_keys}")
+    for parked in report.parked:
+        click.echo(
+            f"  {parked.key}: event {parked.failed_id} ({parked.topic}) failed, "
+            f"{parked.waiting} waiting behind it: {parked.error or '-'}"
+        )
+    if report.parked_keys > len(report.parked):
+        click.echo(f"  ... and {report.parked_keys - len(report.parked)} more")
+    click.echo(f"failing sinks: {len(report.failing_sinks)}")
+    for sink in report.failing_sinks:
+        click.echo(
+            f"  {sink.sink}: {sink.retrying} retrying, {sink.failed} failed; "
+            f"latest error (event {sink.last_event_id}): {sink.last_error or '-'}"
+        )
+    click.echo(f"disabled sinks: {len(report.disabled_sinks)}")
+    for disabled in report.disabled_sinks:
+        click.echo(
+            f"  {disabled.sink}: since {_when(disabled.disabled_at)}: {disabled.reason or '-'}"
+        )
+    click.echo(f"relays holding leases: {len(report.relays)}")
+    for relay in report.relays:
+        expired = f", {relay.expired} expired" if relay.expired else ""
+        click.echo(
+            f"  {relay.relay or '?'}: {relay.events} event(s), "
+            f"leases until {_when(relay.lease_until)}{expired}"
+        )
+
+
+@main.group("events")
+def events_group() -> None:
+    """Look at events."""
+
+
+@events_group.command("list")
+@_db_options
+@click.option(
+    "--topic", callback=_topic_pattern, help="Topic pattern ('*' one segment, '#' any number)."
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(admin.STATUSES),
+    help="Event status (repeatable).",
+)
+@click.option("--key", help="Ordering key.")
+@click.option("--sink", help="Only events with a delivery entry for this sink.")
+@click.option(
+    "--sink-status", type=click.Choice(admin.SINK_STATUSES), help="That sink's delivery status."
+)
+@click.option("--since", callback=_time_bound, help="Created at or after (ISO time, or 10m, 7d).")
+@click.option("--until", callback=_time_bound, help="Created before (ISO time, or 10m, 7d).")
+@click.option(
+    "--limit", default=admin.LIST_LIMIT, show_default=True, type=click.IntRange(1, 100_000)
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def events_list(
+    config: Path | None,
+    database_url: str | None,
+    topic: str | None,
+    statuses: tuple[str, ...],
+    key: str | None,
+    sink: str | None,
+    sink_status: str | None,
+    since: admin.TimeBound | None,
+    until: admin.TimeBound | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Events matching the filters, newest first. Times without an offset are UTC."""
+    if sink_status and not sink:
+        raise click.UsageError("--sink-status needs --sink")
+    selection = admin.EventFilter(
+        statuses=statuses or None,
+        topic=topic,
+        key=key,
+        sink=sink,
+        sink_status=sink_status,
+        since=since,
+        until=until,
+    )
+    url, schema = _admin_target(config, database_url)
+    found = _with_db(url, lambda conn: admin.list_events(conn, schema, selection, limit=limit))
+    if as_json:
+        _echo_json([dataclasses.asdict(event) for event in found])
+        return
+    if not found:
+        click.echo("no events match")
+        return
+    header = ["ID", "STATUS", "ATTEMPTS", "CREATED", "TOPIC", "KEY", "SINKS", "LAST ERROR"]
+    _table([header, *(_event_row(event) for event in found)])
+    more = f" (the newest {limit}; raise --limit for more)" if len(found) == limit else ""
+    click.echo(f"{len(found)} event(s){more}")
+
+
+def _event_row(event: admin.EventSummary) -> list[str]:
+    sinks = ",".join(f"{name}:{state}" for name, state in event.sinks.items())
+    error = (event.last_error or "").replace("\n", " ")
+    return [
+        str(event.id),
+        event.status,
+        str(event.attempts),
+        _when(event.created_at),
+        event.topic,
+        event.key or "-",
+        sinks or "-",
+        error[:60] + ("..." if len(error) > 60 else ""),
+    ]
+
+
+@events_group.command("show")
+@click.argument("event_id", type=click.IntRange(min=1))
+@_db_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def events_show(
+    event_id: int, config: Path | None, database_url: str | None, as_json: bool
+) -> None:
+    """Everything about event EVENT_ID; exit 1 if there is no such event."""
+    url, schema = _admin_target(config, database_url)
+    event = _with_db(url, lambda conn: admin.get_event(conn, schema, event_id))
+    if event is None:
+        click.echo(f"error: no event {event_id}", err=True)
+        sys.exit(1)
+    if as_json:
+        _echo_json(dataclasses.asdict(event))
+        return
+    _print_event(event)
+
+
+def _print_event(event: admin.EventDetail) -> None:
+    click.echo(f"event {event.id}")
+    for name in ("topic", "key", "status", "attempts", "dedup_key", "txid", "last_error"):
+        value = getattr(event, name)
+        click.echo(f"  {name:<13} {'-' if value is None else value}")
+    for name in ("created_at", "process_at", "done_at", "locked_until"):
+        click.echo(f"  {name:<13} {_when(getattr(event, name))}")
+    click.echo(f"  {'locked_by':<13} {event.locked_by or '-'}")
+    click.echo(f"  {'lease_token':<13} {event.lease_token or '-'}")
+    click.echo("deliveries:")
+    for sink, state in event.deliveries.items():
+        click.echo(f"  {sink}: {json.dumps(state, sort_keys=True)}")
+    click.echo("errors:")
+    for error in event.errors:
+        click.echo(
+            f"  {error.get('at', '?')} {error.get('sink', '?')} "
+            f"attempt {error.get('attempt', '?')}: {error.get('error', '')}"
+        )
+    click.echo("headers:")
+    click.echo(json.dumps(event.headers, indent=2, sort_keys=True))
+    click.echo("payload:")
+    click.echo(json.dumps(event.payload, indent=2))
+
+
+def _repair(
+    url: str,
+    schema: str,
+    plan: admin.Plan,
+    *,
+    what: str,
+    question: str,
+    done: str,
+    yes: bool,
+    dry_run: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Say what ``plan`` matches, ask, carry it out in batches, say what it touched."""
+    click.echo(f"{plan.matched} {what} match", err=as_json)
+    touched = 0
+    if plan.matched and not dry_run:
+        if not yes and not _confirm(question, err=as_json):
+            click.echo("aborted: nothing changed", err=True)
+            if as_json:
+                _echo_json({"matched": plan.matched, "touched": 0})
+            sys.exit(1)
+
+        def progress(count: int) -> None:
+            click.echo(f"{plan.action}: {count} of {plan.matched}", err=True)
+
+        try:
+            touched = _with_db(
+                url,
+                lambda conn: admin.apply(
+                    conn, schema, plan, batch_size=batch_size, on_batch=progress
+                ),
+            )
+        except KeyboardInterrupt:
+            click.echo("interrupted: the batches already done stay done", err=True)
+            sys.exit(130)
+        click.echo(f"{done} {touched} {what}", err=as_json)
+    if as_json:
+        _echo_json({"matched": plan.matched, "touched": touched})
+
+
+def _confirm(question: str, *, err: bool) -> bool:
+    if sys.stdin is None or not sys.stdin.isatty():
+        click.echo(
+            "error: confirmation needed but stdin is not a terminal: pass --yes to go ahead",
+            err=True,
+        )
+        sys.exit(2)
+    try:
+        return click.confirm(question, default=False, err=err)
+    except click.Abort:  # end of input or Ctrl-C at the prompt
+        return False
+
+
+@main.command("retry")
+@_db_options
+@click.option(
+    "--id", "ids", multiple=True, type=click.IntRange(min=1), help="Event id (repeatable)."
+)
+@click.option("--topic", callback=_topic_pattern, help="Topic pattern ('*', '#').")
+@click.option("--sink", help="Only events failed for this sink, and only its deliveries.")
+@click.option("--all", "everything", is_flag=True, help="Every failed event.")
+@_repair_options
+def retry_command(
+    config: Path | None,
+    database_url: str | None,
+    ids: tuple[int, ...],
+    topic: str | None,
+    sink: str | None,
+    everything: bool,
+    yes: bool,
+    dry_run: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Hand failed events back to the relay, due now.
+
+    Only the sinks that had not acknowledged are delivered again, with their attempts reset;
+    delivered sinks stay delivered. With --sink, only that sink's failed deliveries.
+    """
+    chosen = bool(ids or topic or sink)
+    if everything == chosen:
+        raise click.UsageError(
+            "say which failed events: --id, --topic and/or --sink, or --all (not both)"
+        )
+    url, schema = _admin_target(config, database_url)
+
+    async def plan_it(conn: admin.Connection) -> tuple[admin.Plan, list[str]]:
+        plan = await admin.plan_retry(conn, schema, ids=ids, topic=topic, sink=sink)
+        disabled = [d.sink for d in await admin.disabled_sinks(conn, schema)]
+        return plan, disabled
+
+    plan, disabled = _with_db(url, plan_it)
+    if sink in disabled:
+        click.echo(
+            f"warning: sink {sink} is disabled, so relays fail its deliveries at once: "
+            f"run `outbox sinks enable {sink}` first",
+            err=True,
+        )
+    _repair(
+        url,
+        schema,
+        plan,
+        what="failed event(s)",
+        question=f"Retry {plan.matched} failed event(s)?",
+        done="retried",
+        yes=yes,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        as_json=as_json,
+    )
+
+
+@main.command("replay")
+@_db_options
+@click.option(
+    "--since", required=True, callback=_time_bound, help="Created at or after (ISO, or 7d ago)."
+)
+@click.option("--until", callback=_time_bound, help="Created before (ISO, or 1h ago).")
+@click.option("--topic", callback=_topic_pattern, help="Topic pattern ('*', '#').")
+@click.option("--sink", help="Deliver again to this sink only (events it had been delivered).")
+@_repair_options
+def replay_command(
+    config: Path | None,
+    database_url: str | None,
+    since: admin.TimeBound,
+    until: admin.TimeBound | None,
+    topic: str | None,
+    sink: str | None,
+    yes: bool,
+    dry_run: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Deliver done events again: to every sink subscribed now, or to --sink only.
+
+    Sinks see the same event id again: idempotent sinks ignore it, which is what they are for.
+    Times without an offset are UTC.
+    """
+    url, schema = _admin_target(config, database_url)
+    plan = _with_db(
+        url,
+        lambda conn: admin.plan_replay(
+            conn, schema, since=since, until=until, topic=topic, sink=sink
+        ),
+    )
+    target = f"sink {sink}" if sink else "every subscribed sink"
+    _repair(
+        url,
+        schema,
+        plan,
+        what="done event(s)",
+        question=f"Deliver {plan.matched} done event(s) again to {target}?",
+        done="replayed",
+        yes=yes,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        as_json=as_json,
+    )
+
+
+@main.command("purge")
+@_db_options
+@click.option(
+    "--older-than",
+    required=True,
+    callback=_duration,
+    help="Finished longer ago than this (90m, 2h, 7d).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    default=("done",),
+    show_default=True,
+    type=click.Choice(["done", "failed"]),
+    help="Which finished events (repeatable). Deleting a failed event unparks its key.",
+)
+@_repair_options
+def purge_command(
+    config: Path | None,
+    database_url: str | None,
+    older_than: dt.timedelta,
+    statuses: tuple[str, ...],
+    yes: bool,
+    dry_run: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Delete finished events whose done_at is older than --older-than, in batches."""
+    url, schema = _admin_target(config, database_url)
+    plan = _with_db(
+        url,
+        lambda conn: admin.plan_purge(conn, schema, older_than=older_than, statuses=statuses),
+    )
+    kinds = " or ".join(sorted(statuses))
+    _repair(
+        url,
+        schema,
+        plan,
+        what=f"{kinds} event(s)",
+        question=f"Delete {plan.matched} {kinds} event(s)?",
+        done="deleted",
+        yes=yes,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        as_json=as_json,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
