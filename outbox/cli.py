@@ -22,6 +22,7 @@ import click
 import psycopg
 
 from outbox import admin
+from outbox._logging import configure_logging
 from outbox._urls import libpq_url
 from outbox.migrate import DEFAULT_CHANNEL, DEFAULT_SCHEMA, migrate, migration_script
 from outbox.plugins import (
@@ -31,7 +32,7 @@ from outbox.plugins import (
     make_plugin_manager,
     sink_types,
 )
-from outbox.relay import Relay, RelayOptions
+from outbox.relay import Relay, RelayObserver, RelayOptions
 from outbox.routing import validate_pattern
 from outbox.settings import ConfigError, Settings, load_settings
 from outbox.store import Store
@@ -58,12 +59,13 @@ def main() -> None:
 @click.option("--sql", "print_sql", is_flag=True, help="Print the SQL instead of applying it.")
 def migrate_command(database_url: str | None, schema: str, channel: str, print_sql: bool) -> None:
     """Create or upgrade the outbox table (safe to run from several processes at once)."""
+    if not database_url and not print_sql:
+        raise click.UsageError("--database-url (or OUTBOX_DATABASE_URL) is required")
     try:
         if print_sql:
             click.echo(migration_script(schema=schema, channel=channel), nl=False)
             return
-        if not database_url:
-            raise click.UsageError("--database-url (or OUTBOX_DATABASE_URL) is required")
+        assert database_url is not None
         applied = migrate(database_url, schema=schema, channel=channel)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
@@ -77,12 +79,8 @@ def migrate_command(database_url: str | None, schema: str, channel: str, print_s
         click.echo("up to date")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    configure_logging(level, log_format)
 
 
 def _load(config: Path | None, **flags: Any) -> Settings:
@@ -104,7 +102,9 @@ def _require_url(settings: Settings) -> str:
     return url
 
 
-def build_relay(settings: Settings, *, poll_only: bool = False) -> Relay:
+def build_relay(
+    settings: Settings, *, poll_only: bool = False, observer: RelayObserver | None = None
+) -> Relay:
     """The composition root: settings and plugins in, a ready relay out."""
     url = _require_url(settings)
     try:
@@ -112,6 +112,9 @@ def build_relay(settings: Settings, *, poll_only: bool = False) -> Relay:
     except ConfigError as error:
         for where, message in error.errors:
             click.echo(f"config error: {where}: {message}", err=True)
+        sys.exit(2)
+    except PluginError as error:
+        click.echo(f"error: {error}", err=True)
         sys.exit(2)
     relay_settings = settings.relay
     options = RelayOptions(
@@ -128,10 +131,12 @@ def build_relay(settings: Settings, *, poll_only: bool = False) -> Relay:
         retention_batch=relay_settings.retention_batch,
         maintenance_interval=relay_settings.maintenance_interval,
     )
-    return Relay(url, sinks, settings.subscription_list(), options)
+    return Relay(url, sinks, settings.subscription_list(), options, observer=observer)
 
 
-async def _run_until_signalled(relay: Relay, *, once: bool, drain: bool) -> None:
+async def _run_until_signalled(
+    relay: Relay, *, once: bool, drain: bool, metrics_port: int | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals_seen = 0
@@ -147,7 +152,18 @@ async def _run_until_signalled(relay: Relay, *, once: bool, drain: bool) -> None
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
-    await relay.run(once=once, drain=drain)
+    server = None
+    if metrics_port is not None:
+        from outbox.metrics import PrometheusObserver, serve
+
+        assert isinstance(relay.observer, PrometheusObserver)
+        server = await serve(relay, relay.observer, metrics_port)
+    try:
+        await relay.run(once=once, drain=drain)
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
 
 
 @main.command("relay")
@@ -173,6 +189,18 @@ async def _run_until_signalled(relay: Relay, *, once: bool, drain: bool) -> None
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="Plain text, or one JSON object per line.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics, /healthz and /readyz on this port (needs the metrics extra).",
+)
 def relay_command(
     config: Path | None,
     database_url: str | None,
@@ -180,14 +208,27 @@ def relay_command(
     drain: bool,
     poll_only: bool,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
 ) -> None:
     """Deliver events to their sinks until stopped (SIGTERM/SIGINT: graceful)."""
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     settings = _load(config, database_url=database_url)
-    relay = build_relay(settings, poll_only=poll_only)
+    observer = None
+    if metrics_port is not None:
+        from outbox.metrics import PrometheusObserver
+
+        try:
+            observer = PrometheusObserver()
+        except RuntimeError as error:
+            raise click.UsageError(str(error)) from error
+    relay = build_relay(settings, poll_only=poll_only, observer=observer)
     try:
-        asyncio.run(_run_until_signalled(relay, once=once, drain=drain))
+        asyncio.run(_run_until_signalled(relay, once=once, drain=drain, metrics_port=metrics_port))
     except asyncio.CancelledError:
+        sys.exit(1)
+    except OSError as error:  # the metrics port is taken
+        click.echo(f"error: {error}", err=True)
         sys.exit(1)
 
 

@@ -87,7 +87,8 @@ def run_demo(database_url: str | None, data_dir: Path, orders: int) -> int:
     url = _prepare_database(database_url, data_dir)
     outbox.migrate(url)
     with psycopg.connect(url) as conn:
-        first_id = int(conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM outbox_events").fetchone()[0])  # type: ignore[index]
+        row = conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM outbox_events").fetchone()
+        first_id = int(row[0]) if row else 1
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     with _receiver(secret) as receiver_url:
         return asyncio.run(_demo(url, receiver_url, secret, orders, first_id))
@@ -98,7 +99,10 @@ def _prepare_database(database_url: str | None, data_dir: Path) -> str:
         _say(f"Using the database at {database_url}")
         return libpq_url(database_url)
     fresh = not (data_dir / "PG_VERSION").exists()
-    _say(("Starting" if fresh else "Restarting") + f" an embedded PostgreSQL; its data is in {data_dir}")
+    _say(
+        ("Starting" if fresh else "Restarting")
+        + f" an embedded PostgreSQL; its data is in {data_dir}"
+    )
     server = start_embedded(data_dir, cleanup="stop")
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
@@ -113,7 +117,10 @@ async def _demo(url: str, receiver_url: str, secret: str, orders: int, first_id:
     relay = Relay(url, sinks, subscriptions, options)
     relay_task = asyncio.create_task(relay.run())
     expected = await asyncio.to_thread(_run_app, url, orders)
-    _say(f"The app committed {orders} orders and {len(expected)} events; one more transaction rolled back.")
+    _say(
+        f"The app committed {orders} orders and {len(expected)} events; "
+        "one more transaction rolled back."
+    )
     try:
         await _watch(url, expected, relay_task)
     finally:
@@ -161,7 +168,12 @@ def _run_app(url: str, orders: int) -> set[int]:
 
 
 def _order_payload(order: Order) -> dict[str, Any]:
-    return {"order_id": order.id, "customer": order.customer, "total": str(order.total), "status": order.status}
+    return {
+        "order_id": order.id,
+        "customer": order.customer,
+        "total": str(order.total),
+        "status": order.status,
+    }
 
 
 async def _watch(url: str, expected: set[int], relay_task: asyncio.Task[Any]) -> None:
@@ -193,14 +205,17 @@ def _audit_ids(url: str) -> set[int]:
 
 def _report(url: str, expected: set[int], first_id: int) -> int:
     with psycopg.connect(url) as conn:
-        statuses = dict(
+        statuses: dict[str, int] = dict(
             conn.execute(
-                "SELECT status, count(*) FROM outbox_events WHERE id >= %s GROUP BY status", [first_id]
+                "SELECT status, count(*) FROM outbox_events WHERE id >= %s GROUP BY status",
+                [first_id],
             ).fetchall()
         )
         cancelled = conn.execute(
-            "SELECT count(*) FROM outbox_events WHERE topic = 'order.cancelled' AND id >= %s", [first_id]
+            "SELECT count(*) FROM outbox_events WHERE topic = 'order.cancelled' AND id >= %s",
+            [first_id],
         ).fetchone()
+    cancelled_count = cancelled[0] if cancelled else -1
     audit = _audit_ids(url)
     rows = [
         ("app", "callable", len(set(_tally.app) & expected), _duplicates(_tally.app)),
@@ -213,15 +228,18 @@ def _report(url: str, expected: set[int], first_id: int) -> int:
         print(f"  {name:<9}{kind:<10}{delivered:>10}{len(expected):>10}{repeats:>9}")
     print()
     print(f"  outbox_events by status: {json.dumps(statuses)}")
-    print(f"  webhook signatures verified: {sum(_tally.webhook.values())}, refused: {_tally.webhook_bad_signatures}")
-    print(f"  events of the rolled-back transaction in the table: {cancelled[0] if cancelled else '?'}")
+    verified, refused = sum(_tally.webhook.values()), _tally.webhook_bad_signatures
+    print(f"  webhook signatures verified: {verified}, refused: {refused}")
+    print(f"  events of the rolled-back transaction in the table: {cancelled_count}")
     ok = all(delivered == len(expected) for _, _, delivered, _ in rows)
     ok = ok and statuses.get("done", 0) == len(expected) and not _tally.webhook_bad_signatures
-    ok = ok and bool(cancelled) and cancelled is not None and cancelled[0] == 0
+    ok = ok and cancelled_count == 0
     print()
     print("  Look at the table yourself:")
-    print(f"    psql '{url}' -c 'SELECT id, topic, key, status, deliveries FROM outbox_events ORDER BY id DESC LIMIT 5'")
-    print(f"    psql '{url}' -c 'SELECT event_id, topic FROM {AUDIT_SCHEMA}.events ORDER BY event_id DESC LIMIT 5'")
+    print(f"    outbox events list --database-url '{url}' --limit 5")
+    print(f"    outbox status --database-url '{url}'")
+    print(f"    psql '{url}' -c 'SELECT id, topic, status, deliveries FROM outbox_events LIMIT 5'")
+    print(f"    psql '{url}' -c 'SELECT event_id, topic FROM {AUDIT_SCHEMA}.events LIMIT 5'")
     print()
     print("  All events delivered to every sink." if ok else "  Some events were not delivered.")
     return 0 if ok else 1
@@ -267,7 +285,7 @@ def _receiver(secret: str) -> Iterator[str]:
 
 def _verifier(secret: str) -> Any:
     try:
-        from standardwebhooks import Webhook  # type: ignore[import-untyped]
+        from standardwebhooks import Webhook
     except ImportError:  # pragma: no cover - the demo extra installs it
         sys.exit("the demo needs the standardwebhooks package: pip install 'outbox-relay[demo]'")
     return Webhook(secret).verify

@@ -1,0 +1,138 @@
+"""Prometheus metrics and health endpoints for ``outbox relay --metrics-port N``.
+
+Serves ``/metrics`` (Prometheus text format), ``/healthz`` (the process is alive) and
+``/readyz`` (the database answered recently and, unless polling only, the listener is
+connected). Needs the ``metrics`` extra (``prometheus-client``), imported only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from outbox.relay import RelayObserver
+
+if TYPE_CHECKING:
+    from outbox.relay import Relay
+
+logger = logging.getLogger(__name__)
+
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class PrometheusObserver(RelayObserver):
+    """Turns the relay's measurements into Prometheus metrics in their own registry."""
+
+    def __init__(self) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                "metrics need prometheus-client: pip install 'outbox-relay[metrics]'"
+            ) from error
+        self._prom = prom
+        self.registry = prom.CollectorRegistry()
+        registry = self.registry
+        self.delivered_total = prom.Counter(
+            "outbox_events_delivered_total",
+            "Deliveries acknowledged by a sink.",
+            ["topic", "sink"],
+            registry=registry,
+        )
+        self.failures_total = prom.Counter(
+            "outbox_delivery_failures_total",
+            "Delivery attempts that failed.",
+            ["topic", "sink", "kind"],
+            registry=registry,
+        )
+        self.duration = prom.Histogram(
+            "outbox_delivery_duration_seconds",
+            "Time a sink took for the batch each delivery was part of.",
+            ["sink"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.settled_total = prom.Counter(
+            "outbox_events_settled_total",
+            "Events settled, by the status they were settled to.",
+            ["status"],
+            registry=registry,
+        )
+        self.claim_batch_size = prom.Histogram(
+            "outbox_claim_batch_size",
+            "Events per claimed batch.",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+            registry=registry,
+        )
+        self.lag_seconds = prom.Gauge(
+            "outbox_lag_seconds", "Age of the oldest due pending event.", registry=registry
+        )
+        self.pending_events = prom.Gauge(
+            "outbox_pending_events", "Events waiting to be delivered.", registry=registry
+        )
+        self.leases_lost_total = prom.Counter(
+            "outbox_leases_lost_total",
+            "Batches' rows whose lease expired before they were settled.",
+            registry=registry,
+        )
+
+    def claimed(self, count: int) -> None:
+        self.claim_batch_size.observe(count)
+
+    def delivered(self, topic: str, sink: str, ok: bool, permanent: bool, seconds: float) -> None:
+        if ok:
+            self.delivered_total.labels(topic, sink).inc()
+        else:
+            self.failures_total.labels(topic, sink, "permanent" if permanent else "retryable").inc()
+        self.duration.labels(sink).observe(seconds)
+
+    def settled(self, status: str) -> None:
+        self.settled_total.labels(status).inc()
+
+    def lease_lost(self) -> None:
+        self.leases_lost_total.inc()
+
+    def backlog(self, pending: int, lag_seconds: float) -> None:
+        self.pending_events.set(pending)
+        self.lag_seconds.set(lag_seconds)
+
+    def exposition(self) -> bytes:
+        return bytes(self._prom.generate_latest(self.registry))
+
+
+async def serve(
+    relay: Relay, observer: PrometheusObserver, port: int, host: str = "0.0.0.0"
+) -> asyncio.Server:
+    """Start the metrics and health HTTP server; the caller closes it."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            path = request.split(b" ", 2)[1].split(b"?", 1)[0] if b" " in request else b"/"
+            status, content_type, body = _respond(path, relay, observer)
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    logger.info("metrics and health on http://%s:%d/metrics", host, port)
+    return server
+
+
+def _respond(path: bytes, relay: Relay, observer: PrometheusObserver) -> tuple[str, str, bytes]:
+    if path == b"/metrics":
+        return "200 OK", "text/plain; version=0.0.4; charset=utf-8", observer.exposition()
+    if path == b"/healthz":
+        return "200 OK", "text/plain", b"ok\n"
+    if path == b"/readyz":
+        problems = relay.readiness_problems()
+        if problems:
+            return "503 Service Unavailable", "text/plain", ("\n".join(problems) + "\n").encode()
+        return "200 OK", "text/plain", b"ready\n"
+    return "404 Not Found", "text/plain", b"not found\n"
