@@ -1,14 +1,18 @@
 """The session hook: entities record events, the flush that writes them writes the events.
 
 Events recorded with :meth:`EventSource.record_event` wait on the entity until the session
-flushes (``before_flush``) or, when nothing else is dirty, commits (``before_commit``). A
-savepoint or transaction that rolls back discards the events recorded inside it, so
-nothing recorded in a rolled-back unit of work is ever written.
+flushes (``before_flush``; recording marks the entity dirty, so a session with nothing else to
+write still flushes), with ``before_commit`` as the safety net. Events recorded during a flush
+(in mapper events) are written by that flush. Ids follow the order of ``record_event`` calls
+across entities. A savepoint or transaction that rolls back discards the events recorded
+inside it, and so do ``Session.close()`` and ``reset()`` without a commit, so nothing recorded
+in an abandoned unit of work is ever written.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,6 +20,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, object_session, scoped_session, sessionmaker
+from sqlalchemy.orm.attributes import flag_dirty
 
 from outbox.publish import OutboxEvent, prepare_event, write_events_sqlalchemy
 
@@ -23,6 +28,11 @@ __all__ = ["EventSource", "install"]
 
 _SOURCES = "outbox.sources"
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
+# Orders staged events across entities, so that ids follow the order of record_event calls.
+_record_order = itertools.count()
+
+# (record order, transaction or savepoint recorded in, event)
+_Staged = tuple[int, SessionTransaction | None, OutboxEvent]
 
 
 class EventSource:
@@ -57,15 +67,18 @@ class EventSource:
             dedup_key=dedup_key,
         )
         session = object_session(self)
-        _staged_events(self).append((_current_transaction(session), outbox_event))
+        staged = (next(_record_order), _current_transaction(session), outbox_event)
+        _staged_events(self).append(staged)
         if session is not None:
             _register(session, self)
+            # A session with nothing dirty skips its flush (and so the hook): flag the entity
+            # so that session.flush() and autoflush write the event. No UPDATE results.
+            flag_dirty(self)
         return outbox_event
 
 
-def _staged_events(source: EventSource) -> list[tuple[SessionTransaction | None, OutboxEvent]]:
-    staged: list[tuple[SessionTransaction | None, OutboxEvent]] | None
-    staged = source.__dict__.get("_outbox_staged")
+def _staged_events(source: EventSource) -> list[_Staged]:
+    staged: list[_Staged] | None = source.__dict__.get("_outbox_staged")
     if staged is None:
         staged = source.__dict__["_outbox_staged"] = []
     return staged
@@ -78,29 +91,31 @@ def _current_transaction(session: Session | None) -> SessionTransaction | None:
 
 
 def _register(session: Session, source: EventSource) -> None:
-    sources: list[EventSource] = session.info.setdefault(_SOURCES, [])
-    if not any(known is source for known in sources):
-        sources.append(source)
+    # Keyed by id(): entities may define __eq__ and __hash__; the dict holds them alive.
+    sources: dict[int, EventSource] = session.info.setdefault(_SOURCES, {})
+    sources.setdefault(id(source), source)
 
 
 def _sources(session: Session) -> list[EventSource]:
-    registered: list[EventSource] = session.info.get(_SOURCES, [])
-    found = list(registered)
+    found: dict[int, EventSource] = dict(session.info.get(_SOURCES, {}))
     for obj in (*session.new, *session.dirty):
-        if isinstance(obj, EventSource) and not any(known is obj for known in found):
-            found.append(obj)
-    return found
+        if isinstance(obj, EventSource):
+            found.setdefault(id(obj), obj)
+    return list(found.values())
 
 
 def _write_staged(session: Session) -> None:
-    events: list[OutboxEvent] = []
+    staged_here: list[_Staged] = []
     for source in _sources(session):
-        staged = _staged_events(source)
-        events.extend(outbox_event for _, outbox_event in staged)
-        staged.clear()
+        # An entity that left this session (closed or expunged) keeps its events.
+        if object_session(source) is session:
+            staged = _staged_events(source)
+            staged_here.extend(staged)
+            staged.clear()
     session.info.pop(_SOURCES, None)
-    if events:
-        write_events_sqlalchemy(session.connection(), events)
+    if staged_here:
+        staged_here.sort(key=lambda item: item[0])
+        write_events_sqlalchemy(session.connection(), [item[2] for item in staged_here])
 
 
 def _is_within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
@@ -118,18 +133,24 @@ def _is_within(transaction: SessionTransaction | None, ended: SessionTransaction
 def _discard_rolled_back(session: Session, ended: SessionTransaction) -> None:
     for source in _sources_after_rollback(session):
         staged = _staged_events(source)
-        staged[:] = [item for item in staged if not _is_within(item[0], ended)]
+        staged[:] = [item for item in staged if not _is_within(item[1], ended)]
     if ended.parent is None:
         session.info.pop(_SOURCES, None)
 
 
 def _sources_after_rollback(session: Session) -> Iterable[EventSource]:
     # A rollback has already expunged new objects; the registry still knows them.
-    registered: list[EventSource] = session.info.get(_SOURCES, [])
-    return list(registered)
+    registered: dict[int, EventSource] = session.info.get(_SOURCES, {})
+    return list(registered.values())
 
 
 def _before_flush(session: Session, flush_context: object, instances: object) -> None:
+    _write_staged(session)
+
+
+def _after_flush_postexec(session: Session, flush_context: object) -> None:
+    # Events recorded during the flush (in mapper events such as after_insert) are written
+    # by that flush; the commit that ran it would otherwise end without them.
     _write_staged(session)
 
 
@@ -141,10 +162,20 @@ def _after_soft_rollback(session: Session, previous_transaction: SessionTransact
     _discard_rolled_back(session, previous_transaction)
 
 
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # Session.close() and reset() end the transaction without a rollback event; a commit has
+    # written everything by now. Either way, nothing staged may leak into the next one.
+    if transaction.parent is None:
+        _discard_rolled_back(session, transaction)
+
+
 def _before_attach(session: Session, instance: object) -> None:
-    # Events recorded before the entity joined a session belong to the session from now on,
-    # so that a rollback discards them too.
+    # Events recorded before the entity joined a session belong to the session's current
+    # transaction or savepoint from now on, so that its rollback discards them too.
     if isinstance(instance, EventSource) and instance.__dict__.get("_outbox_staged"):
+        joined = _current_transaction(session)
+        staged = _staged_events(instance)
+        staged[:] = [(order, joined, outbox_event) for order, _, outbox_event in staged]
         _register(session, instance)
 
 
@@ -160,8 +191,10 @@ def install(target: Any) -> Any:
     if listen_on in _installed:
         return target
     event.listen(listen_on, "before_flush", _before_flush)
+    event.listen(listen_on, "after_flush_postexec", _after_flush_postexec)
     event.listen(listen_on, "before_commit", _before_commit)
     event.listen(listen_on, "after_soft_rollback", _after_soft_rollback)
+    event.listen(listen_on, "after_transaction_end", _after_transaction_end)
     event.listen(listen_on, "before_attach", _before_attach)
     _installed.add(listen_on)
     return target

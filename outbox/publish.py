@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import json.encoder
 import math
 import re
 from collections.abc import Awaitable, Mapping, Sequence
@@ -32,6 +33,9 @@ TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 MAX_TOPIC_LENGTH = 255
 MAX_KEY_LENGTH = 255
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_json_string = json.encoder.encode_basestring  # a str as a JSON string, non-ASCII kept
+# Far enough for any schedule, near enough that now() + delay stays a valid timestamptz.
+MAX_DELAY = dt.timedelta(days=1000 * 365)
 
 
 @dataclasses.dataclass
@@ -108,7 +112,7 @@ def _check_topic(topic: object) -> None:
         raise PublishError("topic must not be empty")
     if len(topic) > MAX_TOPIC_LENGTH:
         raise PublishError(f"topic is {len(topic)} characters; at most {MAX_TOPIC_LENGTH}")
-    if not TOPIC_PATTERN.match(topic):
+    if not TOPIC_PATTERN.fullmatch(topic):
         raise PublishError(
             f"invalid topic {topic!r}: dot-separated segments of letters, digits, '_' and '-' "
             "(for example 'order.confirmed')"
@@ -122,8 +126,9 @@ def _check_optional_text(value: object, name: str, max_length: int) -> None:
         raise PublishError(f"{name} must be a str or None, got {type(value).__name__}")
     if not value:
         raise PublishError(f"{name} must not be empty (pass None for no {name})")
-    if len(value) > max_length or "\x00" in value:
-        raise PublishError(f"{name} must be at most {max_length} characters, without NUL")
+    if len(value) > max_length:
+        raise PublishError(f"{name} is {len(value)} characters; at most {max_length}")
+    _check_text(value, name)
 
 
 def _check_headers(headers: object) -> dict[str, str]:
@@ -136,8 +141,8 @@ def _check_headers(headers: object) -> dict[str, str]:
             raise PublishError(f"header name {name!r} must be a non-empty str")
         if not isinstance(value, str):
             raise PublishError(f"header {name!r} must be a str, got {type(value).__name__}")
-        if "\x00" in name or "\x00" in value:
-            raise PublishError(f"header {name!r} contains NUL")
+        _check_text(name, "header name")
+        _check_text(value, f"header {name!r}")
     return dict(headers)
 
 
@@ -164,12 +169,21 @@ def _check_delay(delay: object) -> float | None:
         raise PublishError(f"delay must be a timedelta or seconds, got {type(delay).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise PublishError(f"delay must be a finite, non-negative duration, got {delay!r}")
+    if seconds > MAX_DELAY.total_seconds():
+        raise PublishError(f"delay must be at most {MAX_DELAY.days} days, got {delay!r}")
     return seconds
 
 
 def _serialise_payload(payload: Any, topic: str) -> str:
-    _check_json_value(payload, "payload")
-    text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        _check_json_value(payload, "payload")
+        text = _ENCODER.encode(payload)
+    except PublishError:
+        raise
+    except RecursionError:
+        raise PublishError(f"payload of {topic!r} is nested too deeply") from None
+    except ValueError as error:  # for example an int with more digits than str() allows
+        raise PublishError(f"payload of {topic!r} cannot be serialised: {error}") from error
     size = len(text.encode("utf-8"))
     if size > _settings.max_payload_bytes:
         raise PublishError(
@@ -178,30 +192,67 @@ def _serialise_payload(payload: Any, topic: str) -> str:
     return text
 
 
+def _mapping_as_dict(value: object) -> dict[str, Any]:
+    # json serialises dict only; _check_json_value has already accepted any Mapping.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# One encoder for every payload: json.dumps() with options builds a new one per call.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_mapping_as_dict
+)
+
+
+def _check_text(value: str, what: str) -> None:
+    """Refuse strings that Postgres text and jsonb cannot store."""
+    if "\x00" in value:
+        raise PublishError(f"{what} contains a NUL character, which Postgres cannot store")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PublishError(f"{what} contains a lone surrogate, which is not UTF-8") from None
+
+
 def _check_json_value(value: Any, path: str) -> None:
     """Refuse what JSON or jsonb cannot hold exactly, naming where it is."""
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise PublishError(f"{path} contains a NUL character, which jsonb cannot store")
-        return
-    if isinstance(value, float):
+    if isinstance(value, Mapping):
+        _check_json_object(value, path)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            # Plain leaves are checked inline: building their path costs more than the check.
+            if not _is_plain_leaf(item):
+                _check_json_value(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise PublishError(f"{path} is {value!r}, which JSON cannot represent")
-        return
-    if isinstance(value, Mapping):
-        for item_key, item in value.items():
-            if not isinstance(item_key, str):
-                raise PublishError(f"{path} has a key {item_key!r}; JSON object keys are str")
-            _check_json_value(item_key, f"{path} key")
+    elif not (value is None or isinstance(value, int)):
+        raise PublishError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
+
+
+def _check_json_object(value: Mapping[Any, Any], path: str) -> None:
+    for item_key, item in value.items():
+        if not isinstance(item_key, str):
+            raise PublishError(f"{path} has a key {item_key!r}; JSON object keys are str")
+        if not _is_plain_leaf(item_key):
+            _check_text(item_key, f"{path} key")
+        if not _is_plain_leaf(item):
             _check_json_value(item, f"{path}[{item_key!r}]")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json_value(item, f"{path}[{index}]")
-        return
-    raise PublishError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
+
+
+def _is_plain_leaf(value: Any) -> bool:
+    """True for the common values that need no further check: ASCII text without NUL,
+    None, bool, int and finite float (exact types only)."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii() and "\x00" not in value
+    if kind is float:
+        return math.isfinite(value)
+    return value is None or kind is int or kind is bool
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -231,20 +282,23 @@ def _table() -> str:
 
 
 def _rows_json(events: Sequence[OutboxEvent]) -> str:
-    parts = []
-    for n, event in enumerate(events):
-        fields = {
-            "n": n,
-            "topic": event.topic,
-            "key": event.key,
-            "headers": event.headers or None,
-            "process_at": event.process_at.isoformat() if event.process_at else None,
-            "delay": event.delay,
-            "dedup_key": event.dedup_key,
-        }
-        head = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-        parts.append(f'{head[:-1]},"payload":{event.payload_json}}}')
-    return "[" + ",".join(parts) + "]"
+    return "[" + ",".join(_row_json(n, event) for n, event in enumerate(events)) + "]"
+
+
+def _row_json(n: int, event: OutboxEvent) -> str:
+    # Written by hand: this runs once per event. Absent fields are NULL to jsonb_to_recordset.
+    row = f'{{"n":{n},"topic":{_json_string(event.topic)}'
+    if event.key is not None:
+        row += f',"key":{_json_string(event.key)}'
+    if event.headers:
+        row += f',"headers":{json.dumps(event.headers, ensure_ascii=False)}'
+    if event.process_at is not None:
+        row += f',"process_at":"{event.process_at.isoformat()}"'
+    if event.delay is not None:
+        row += f',"delay":{event.delay!r}'  # finite: checked by prepare_event
+    if event.dedup_key is not None:
+        row += f',"dedup_key":{_json_string(event.dedup_key)}'
+    return f'{row},"payload":{event.payload_json}}}'
 
 
 def _insert_statements() -> tuple[str, str]:
@@ -306,24 +360,31 @@ def write_events_psycopg(
     connection: psycopg.Connection[Any], events: Sequence[OutboxEvent]
 ) -> None:
     """Insert ``events`` on a psycopg connection, inside its current transaction."""
+    from psycopg.rows import tuple_row
+
     insert_sql, existing_sql = _insert_statements()
-    cursor = connection.execute(insert_sql.encode(), {"rows": _rows_json(events)})
-    missing = _apply_ids(events, _pairs(cursor.fetchall()))
-    if missing:
-        found = connection.execute(existing_sql.encode(), {"keys": missing}).fetchall()
-        _apply_existing(events, _pairs(found))
+    # Our own row factory: the connection's may be dict_row or a class.
+    with connection.cursor(row_factory=tuple_row) as cursor:
+        cursor.execute(insert_sql.encode(), {"rows": _rows_json(events)})
+        missing = _apply_ids(events, _pairs(cursor.fetchall()))
+        if missing:
+            cursor.execute(existing_sql.encode(), {"keys": missing})
+            _apply_existing(events, _pairs(cursor.fetchall()))
 
 
 async def write_events_psycopg_async(
     connection: psycopg.AsyncConnection[Any], events: Sequence[OutboxEvent]
 ) -> None:
     """Insert ``events`` on an async psycopg connection, inside its current transaction."""
+    from psycopg.rows import tuple_row
+
     insert_sql, existing_sql = _insert_statements()
-    cursor = await connection.execute(insert_sql.encode(), {"rows": _rows_json(events)})
-    missing = _apply_ids(events, _pairs(await cursor.fetchall()))
-    if missing:
-        cursor = await connection.execute(existing_sql.encode(), {"keys": missing})
-        _apply_existing(events, _pairs(await cursor.fetchall()))
+    async with connection.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(insert_sql.encode(), {"rows": _rows_json(events)})
+        missing = _apply_ids(events, _pairs(await cursor.fetchall()))
+        if missing:
+            await cursor.execute(existing_sql.encode(), {"keys": missing})
+            _apply_existing(events, _pairs(await cursor.fetchall()))
 
 
 # -- publish -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
 EVENTS_TABLE = "outbox_events"
@@ -39,6 +40,11 @@ class Xid8(UserDefinedType[int]):
 
     def get_col_spec(self, **kw: object) -> str:
         return "XID8"
+
+
+# Reflection (and so Alembic autogenerate) does not know xid8: without this it warns and
+# reflects the column as NullType. setdefault keeps SQLAlchemy's own type should it add one.
+ischema_names.setdefault("xid8", Xid8)
 
 
 events = Table(
