@@ -9,7 +9,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 def validate_identifier(value: str, what: str) -> str:
     """Return ``value`` if it is a plain Postgres identifier, else raise ``ValueError``."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise ValueError(
             f"invalid {what} {value!r}: use letters, digits and underscores, "
             "not starting with a digit, at most 63 characters"

@@ -20,7 +20,7 @@ def validate_pattern(pattern: str) -> str:
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("a topic pattern must be a non-empty string")
     for segment in pattern.split("."):
-        if segment not in ("*", "#") and not _SEGMENT.match(segment):
+        if segment not in ("*", "#") and not _SEGMENT.fullmatch(segment):
             raise ValueError(
                 f"invalid topic pattern {pattern!r}: segments are letters, digits, '_', '-', "
                 "or a whole-segment wildcard '*' (one segment) or '#' (any number)"

@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         import re
 
         for name in value:
-            if not re.match(SINK_NAME_PATTERN, name):
+            if not re.fullmatch(SINK_NAME_PATTERN, name):
                 raise ValueError(
                     f"invalid sink name {name!r}: lower-case letters, digits, '_' and '-', "
                     "starting with a letter"
