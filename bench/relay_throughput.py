@@ -1,0 +1,253 @@
+"""How fast one relay moves events, against the ceiling of its own SQL.
+
+For each batch size, the outbox table is filled with events (one INSERT ... SELECT
+generate_series), vacuumed, then emptied twice over:
+
+* ceiling: ``Store.claim`` and ``Store.settle`` (the relay's statements, marking every row
+  ``done`` with the settlement the relay writes for one successful sink) in a tight loop on
+  one connection, nothing else;
+* relay: ``outbox.relay.Relay`` with one in-process no-op sink subscribed to ``#``,
+  ``run(drain=True)``.
+
+Both figures are events per second; the ratio says how much the relay costs on top of its
+SQL. Starts an embedded PostgreSQL in a temporary directory unless ``--database-url`` names a
+server (a database is created on it for the run and dropped afterwards).
+
+The bench database runs with ``synchronous_commit = off`` unless ``--synchronous-commit on``:
+both measurements commit as often, so waiting for the disk only adds noise (a lot of it on a
+shared machine) to what is compared, the relay's own cost.
+
+    python bench/relay_throughput.py [--database-url URL] [--events 20000]
+        [--batch-sizes 1,10,100,1000] [--small-batch-events 3000] [--keys 0]
+        [--synchronous-commit off] [--repeat 1] [--profile BATCH_SIZE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import datetime as dt
+import os
+import platform
+import pstats
+import shlex
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from outbox import migrate
+from outbox._urls import libpq_url
+from outbox.relay import Relay, RelayOptions
+from outbox.retry import DELIVERED, Settlement
+from outbox.routing import Subscription
+from outbox.sinks import Event, Sink
+from outbox.store import Store
+
+SINK = "noop"
+
+# The whole table filled in one statement. Keys, when asked for, cycle so that every key has
+# events spread over the whole table.
+_FILL = """
+INSERT INTO outbox_events (topic, key, payload)
+SELECT 'bench.event',
+       CASE WHEN %(keys)s > 0 THEN 'key-' || (n %% %(keys)s) END,
+       jsonb_build_object('n', n, 'text', repeat('x', 100))
+FROM generate_series(1, %(events)s) AS n
+"""
+
+
+class NoopSink(Sink):
+    """Accepts everything at once: what is left is the relay's own cost."""
+
+    async def deliver(self, event: Event) -> None:
+        return None
+
+
+# -- the database -------------------------------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(libpq_url(url))
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@contextlib.contextmanager
+def _server(database_url: str | None) -> Iterator[str]:
+    if database_url:
+        yield libpq_url(database_url)
+        return
+    from outbox._embedded import start_embedded
+
+    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
+        yield start_embedded(Path(tmp) / "pgdata", cleanup="delete")
+
+
+@contextlib.contextmanager
+def _bench_database(server_url: str, synchronous_commit: str) -> Iterator[str]:
+    name = f"outbox_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {synchronous_commit}')
+    try:
+        url = _with_database(server_url, name)
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _fill(url: str, events: int, keys: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE outbox_events")
+        conn.execute(_FILL, {"events": events, "keys": keys})
+        conn.execute("VACUUM ANALYZE outbox_events")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")  # not in the middle of a measurement
+
+
+def _count_done(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM outbox_events WHERE status = 'done'").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _server_version(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "?"
+
+
+# -- the two measurements -----------------------------------------------------------------
+
+
+async def _ceiling(url: str, batch_size: int) -> float:
+    """Seconds to claim and settle every row with the relay's statements and nothing else."""
+    store = Store()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        while True:
+            claim = await store.claim(conn, limit=batch_size, relay="bench", lease_seconds=60)
+            if not claim.rows:
+                break
+            done = _done_settlement(claim.now)
+            await store.settle(conn, [(row, done) for row in claim.rows])
+        return time.perf_counter() - started
+
+
+def _done_settlement(now: dt.datetime) -> Settlement:
+    """What the relay writes for an event its only sink accepted on the first attempt."""
+    state = {"attempts": 1, "status": DELIVERED, "delivered_at": now.isoformat()}
+    return Settlement("done", None, {SINK: {**state, "last_error": None}}, [], None)
+
+
+async def _relay(url: str, batch_size: int) -> float:
+    """Seconds for a relay with a no-op sink to drain the table."""
+    relay = Relay(
+        url,
+        {SINK: NoopSink()},
+        [Subscription(("#",), (SINK,))],
+        RelayOptions(batch_size=batch_size, name="bench"),
+    )
+    started = time.perf_counter()
+    await relay.run(drain=True)
+    return time.perf_counter() - started
+
+
+def _measure(url: str, batch_size: int, events: int, keys: int, which: str) -> float:
+    _fill(url, events, keys)
+    runner = _ceiling if which == "ceiling" else _relay
+    seconds = asyncio.run(runner(url, batch_size))
+    done = _count_done(url)
+    if done != events:
+        raise SystemExit(f"{which} at batch {batch_size}: {done} of {events} events done")
+    return events / seconds
+
+
+def _best_of(args: argparse.Namespace, url: str, size: int, events: int) -> tuple[float, float]:
+    """The best of ``--repeat`` runs of each, alternating so both see the same machine."""
+    ceiling = relay = 0.0
+    for _ in range(args.repeat):
+        ceiling = max(ceiling, _measure(url, size, events, args.keys, "ceiling"))
+        relay = max(relay, _measure(url, size, events, args.keys, "relay"))
+    return ceiling, relay
+
+
+def _profile(url: str, batch_size: int, events: int, keys: int) -> None:
+    _fill(url, events, keys)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    asyncio.run(_relay(url, batch_size))
+    profiler.disable()
+    print(f"\nprofile of the relay at batch {batch_size} ({events} events), by own time:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="a server to use instead of an embedded one")
+    parser.add_argument("--events", type=int, default=20_000, help="events per measurement")
+    parser.add_argument(
+        "--small-batch-events",
+        type=int,
+        default=3_000,
+        help="events per measurement for batch sizes below 10",
+    )
+    parser.add_argument("--batch-sizes", default="1,10,100,1000")
+    parser.add_argument("--keys", type=int, default=0, help="ordering keys (0: none)")
+    parser.add_argument("--synchronous-commit", choices=["on", "off"], default="off")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per figure; best is kept")
+    parser.add_argument("--profile", type=int, metavar="BATCH_SIZE", help="cProfile the relay")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(argv)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    with (
+        _server(args.database_url) as server_url,
+        _bench_database(server_url, args.synchronous_commit) as url,
+    ):
+        print(
+            f"PostgreSQL {_server_version(url)} ({'given' if args.database_url else 'embedded'}"
+            f", synchronous_commit={args.synchronous_commit}), Python "
+            f"{platform.python_version()}, {os.cpu_count()} CPUs, keys: {args.keys or 'none'}, "
+            f"best of {args.repeat}"
+        )
+        print(f"{'batch':>6} {'events':>7} {'ceiling ev/s':>13} {'relay ev/s':>11} {'ratio':>6}")
+        for size in sizes:
+            events = args.small_batch_events if size < 10 else args.events
+            ceiling, relay = _best_of(args, url, size, events)
+            print(
+                f"{size:>6} {events:>7} {ceiling:>13,.0f} {relay:>11,.0f} {relay / ceiling:>6.0%}"
+            )
+        if args.profile:
+            _profile(url, args.profile, args.events, args.keys)
+    print(f"\nreproduce (from the repository root): {_command(args)}")
+
+
+def _command(args: argparse.Namespace) -> str:
+    command = ["python", "bench/relay_throughput.py"]
+    if args.database_url:
+        command += ["--database-url", args.database_url]
+    command += ["--events", str(args.events), "--small-batch-events", str(args.small_batch_events)]
+    command += ["--batch-sizes", args.batch_sizes, "--keys", str(args.keys)]
+    command += ["--synchronous-commit", args.synchronous_commit]
+    command += ["--repeat", str(args.repeat)]
+    if args.profile:
+        command += ["--profile", str(args.profile)]
+    return shlex.join(command)
+
+
+if __name__ == "__main__":
+    main()
