@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import json.encoder
 import math
@@ -97,7 +98,7 @@ def prepare_event(
         topic=topic,
         payload=payload,
         key=key,
-        headers=_check_headers(headers),
+        headers=_with_trace_context(_check_headers(headers)),
         process_at=_check_process_at(process_at, delay),
         delay=_check_delay(delay),
         dedup_key=dedup_key,
@@ -144,6 +145,29 @@ def _check_headers(headers: object) -> dict[str, str]:
         _check_text(name, "header name")
         _check_text(value, f"header {name!r}")
     return dict(headers)
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _with_trace_context(headers: dict[str, str]) -> dict[str, str]:
+    """Add the current OpenTelemetry trace context (``traceparent``, ``tracestate``) when
+    OpenTelemetry is installed and a span is active; headers given by the caller win."""
+    inject = _trace_injector()
+    if inject is None or any(name in headers for name in _TRACE_HEADERS):
+        return headers
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return {**carrier, **headers} if carrier else headers
+
+
+@functools.cache
+def _trace_injector() -> Any:
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return None
+    return propagate.inject
 
 
 def _check_process_at(process_at: object, delay: object) -> dt.datetime | None:
