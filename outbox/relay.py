@@ -133,6 +133,9 @@ class Relay:
         self.stats = RelayStats()
         self._url = libpq_url(database_url)
         self._sinks = dict(sinks)
+        for sink in self._sinks.values():
+            if sink.delivery_timeout is None:
+                sink.delivery_timeout = self.options.delivery_timeout
         self._router = Router(subscriptions)
         missing = [name for name in self._router.sink_names if name not in self._sinks]
         if missing:
@@ -350,7 +353,9 @@ class Relay:
         return errors, time.monotonic() - started
 
     async def _call_sink(self, sink_name: str, events: list[Event]) -> list[BaseException | None]:
-        timeout = self.options.delivery_timeout
+        # Sinks time out their own slow events; this is the backstop for one that does not,
+        # still inside the lease.
+        timeout = (self.options.delivery_timeout + self.options.lease_seconds) / 2
         try:
             async with asyncio.timeout(timeout):
                 errors = await self._sinks[sink_name].deliver_batch(events)

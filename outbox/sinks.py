@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Self
 import psycopg
 from pydantic import BaseModel
 
+from outbox.exceptions import RetryableError
+
 __all__ = ["Event", "Sink"]
 
 
@@ -48,6 +50,8 @@ class Sink:
     """
 
     concurrency: int = 16
+    delivery_timeout: float | None = None
+    """Seconds a batch may take; the relay sets it from its own ``delivery_timeout``."""
     transactional: bool = False
     """True for sinks that write into the outbox's own database: the relay then calls
     :meth:`deliver_in_transaction` inside the transaction that settles the batch."""
@@ -62,17 +66,26 @@ class Sink:
         raise NotImplementedError
 
     async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
-        """Deliver several events; return, in order, ``None`` for each success or its error."""
-        return list(await asyncio.gather(*(self._deliver_one(e) for e in events)))
+        """Deliver several events; return, in order, ``None`` for each success or its error.
 
-    async def _deliver_one(self, event: Event) -> BaseException | None:
+        Each event gets until ``delivery_timeout`` after the batch started: one slow event
+        times out alone, and the events already delivered keep their success.
+        """
+        deadline = None
+        if self.delivery_timeout is not None:
+            deadline = asyncio.get_running_loop().time() + self.delivery_timeout
+        return list(await asyncio.gather(*(self._deliver_one(e, deadline) for e in events)))
+
+    async def _deliver_one(self, event: Event, deadline: float | None) -> BaseException | None:
         if self._limit is None:
             self._limit = asyncio.Semaphore(self.concurrency)
-        async with self._limit:
-            try:
+        try:
+            async with asyncio.timeout_at(deadline), self._limit:
                 await self.deliver(event)
-            except Exception as error:
-                return error
+        except TimeoutError:
+            return RetryableError(f"delivery timed out after {self.delivery_timeout:g}s")
+        except Exception as error:
+            return error
         return None
 
     async def deliver_in_transaction(

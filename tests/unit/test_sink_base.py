@@ -1,0 +1,58 @@
+"""The Sink base class: batches run concurrently within the sink's bound, and a slow event
+times out alone while the others keep their success."""
+
+from __future__ import annotations
+
+import asyncio
+
+import outbox
+from outbox.sinks import Event, Sink
+from outbox.testing import make_event
+
+
+class Slow(Sink):
+    concurrency = 2
+
+    def __init__(self, slow_ids: set[int]) -> None:
+        super().__init__()
+        self.slow_ids = slow_ids
+        self.delivered: list[int] = []
+        self.running = 0
+        self.most_running = 0
+
+    async def deliver(self, event: Event) -> None:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(30 if event.id in self.slow_ids else 0.01)
+            self.delivered.append(event.id)
+        finally:
+            self.running -= 1
+
+
+async def test_a_slow_event_times_out_alone() -> None:
+    events = [make_event() for _ in range(6)]
+    sink = Slow({events[2].id})
+    sink.delivery_timeout = 0.5
+    results = await sink.deliver_batch(events)
+    assert [result is None for result in results] == [True, True, False, True, True, True]
+    assert isinstance(results[2], outbox.RetryableError)
+    assert "timed out" in str(results[2])
+    assert sorted(sink.delivered) == sorted(e.id for i, e in enumerate(events) if i != 2)
+
+
+async def test_concurrency_is_bounded() -> None:
+    sink = Slow(set())
+    assert await sink.deliver_batch([make_event() for _ in range(10)]) == [None] * 10
+    assert sink.most_running == 2
+
+
+async def test_errors_come_back_in_order() -> None:
+    class Picky(Sink):
+        async def deliver(self, event: Event) -> None:
+            if event.payload == "no":
+                raise outbox.PermanentError("refused")
+
+    results = await Picky().deliver_batch([make_event(payload="yes"), make_event(payload="no")])
+    assert results[0] is None
+    assert isinstance(results[1], outbox.PermanentError)
