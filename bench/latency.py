@@ -64,7 +64,7 @@ async def _publish(url: str, kind: str, rate: float, seconds: float, out: str) -
             async with conn.transaction():
                 await enqueue(seq)
             commits[seq] = time.monotonic_ns()
-    Path(out).write_text(json.dumps(commits))
+    _save(out, commits)
 
 
 async def _enqueuer(
@@ -76,6 +76,17 @@ async def _enqueuer(
         queries = Queries.from_psycopg_connection(conn)
         return lambda seq: queries.enqueue("latency", str(seq).encode())
     return lambda seq: outbox.publish(conn, "bench.latency", {"seq": seq})
+
+
+def _save(out: str, commits: dict[int, int]) -> None:
+    Path(out).write_text(json.dumps(commits))
+
+
+def _load(out: str) -> dict[int, int]:
+    path = Path(out)
+    commits = {int(k): v for k, v in json.loads(path.read_text()).items()}
+    path.unlink()
+    return commits
 
 
 # -- the consumers (this process) ----------------------------------------------------------
@@ -114,12 +125,13 @@ async def _run_relay(url: str, listen: bool, received: dict[int, int], go: async
 async def _run_pgqueuer(
     url: str, _listen: bool, received: dict[int, int], go: asyncio.Event
 ) -> None:
+    import asyncpg
     from pgqueuer.models import Job
     from pgqueuer.qm import QueueManager
     from pgqueuer.queries import Queries
 
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    qm = QueueManager(Queries.from_psycopg_connection(conn))
+    conn = await asyncpg.connect(url)  # its recommended driver
+    qm = QueueManager(Queries.from_asyncpg_connection(conn))
 
     @qm.entrypoint("latency")
     async def latency(job: Job) -> None:
@@ -155,8 +167,7 @@ async def _phase(url: str, name: str, rate: float, seconds: float) -> list[float
     )
     process.start()
     await asyncio.to_thread(process.join)
-    commits = {int(k): v for k, v in json.loads(Path(out).read_text()).items()}
-    Path(out).unlink()
+    commits = _load(out)
     for _ in range(100):  # the last events
         if len(received) >= len(commits):
             break
