@@ -61,7 +61,6 @@ FULL = [
     Config("pgqueuer", 1, 100, 4),
     Config("pgqueuer", 2, 100, 2),
     Config("pgqueuer", 2, 100, 4),
-    Config("procrastinate", 1, 0, 10),
     Config("procrastinate", 2, 0, 10),
 ]
 QUICK = [
