@@ -177,15 +177,22 @@ def _order_payload(order: Order) -> dict[str, Any]:
 
 
 async def _watch(url: str, expected: set[int], relay_task: asyncio.Task[Any]) -> None:
+    live = sys.stdout.isatty()
     deadline = time.monotonic() + 120
+    shown = ""
     while time.monotonic() < deadline and not relay_task.done():
         counts = _delivered(url, expected)
         line = "  ".join(f"{name} {count}/{len(expected)}" for name, count in counts.items())
-        print(f"\r  delivered: {line}   ", end="", flush=True)
+        if live:
+            print(f"\r  delivered: {line}   ", end="", flush=True)
+        elif line != shown:
+            print(f"  delivered: {line}", flush=True)
+        shown = line
         if all(count == len(expected) for count in counts.values()):
             break
         await asyncio.sleep(0.2)
-    print()
+    if live:
+        print()
 
 
 def _delivered(url: str, expected: set[int]) -> dict[str, int]:

@@ -20,7 +20,7 @@ from outbox.settings import ConfigError, SinkSettings
 if TYPE_CHECKING:
     from outbox.sinks import Sink
 
-BUILTIN_PLUGINS = ("outbox.callable_sink", "outbox.postgres_sink")
+BUILTIN_PLUGINS = ("outbox.callable_sink", "outbox.postgres_sink", "outbox.webhook_sink")
 
 
 def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:

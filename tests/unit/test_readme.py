@@ -22,6 +22,8 @@ def test_quick_start_is_two_one_line_commands() -> None:
     assert commands[1].endswith("pytest")
 
 
-def test_ci_runs_the_readme_test_command_verbatim() -> None:
+def test_ci_runs_both_readme_commands_verbatim() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    assert _quick_start_commands()[1] in ci_lines
+    demo, tests = _quick_start_commands()
+    assert demo in ci_lines
+    assert tests in ci_lines

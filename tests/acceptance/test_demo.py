@@ -1,0 +1,59 @@
+"""``outbox demo``, run as a newcomer runs it: a subprocess, its exit code, its final table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+TIMEOUT = 180
+
+
+def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    return subprocess.run(
+        [sys.executable, "-m", "outbox.cli", "demo", "--orders", "6", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def _final_table(stdout: str) -> dict[str, tuple[str, int, int, int]]:
+    rows = {}
+    for line in stdout.splitlines():
+        match = re.match(r"^\s+(app|billing|audit)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)$", line)
+        if match:
+            name, kind, delivered, expected, repeats = match.groups()
+            rows[name] = (kind, int(delivered), int(expected), int(repeats))
+    return rows
+
+
+def test_demo_on_a_fresh_embedded_server_delivers_everything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    first = _demo(tmp_path, "--data-dir", str(data_dir))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"Starting an embedded PostgreSQL; its data is in {data_dir}" in first.stdout
+    assert _final_table(first.stdout) == {
+        "app": ("callable", 12, 12, 0),
+        "billing": ("webhook", 12, 12, 0),
+        "audit": ("postgres", 12, 12, 0),
+    }
+    assert "webhook signatures verified: 12, refused: 0" in first.stdout
+    assert "events of the rolled-back transaction in the table: 0" in first.stdout
+    assert "All events delivered to every sink." in first.stdout
+
+    again = _demo(tmp_path, "--data-dir", str(data_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Restarting an embedded PostgreSQL" in again.stdout
+
+
+def test_demo_on_a_given_database(tmp_path: Path, database_url: str) -> None:
+    result = _demo(tmp_path, "--database-url", database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _final_table(result.stdout)["audit"] == ("postgres", 12, 12, 0)
