@@ -24,6 +24,7 @@ import psycopg
 from outbox import admin
 from outbox._logging import configure_logging
 from outbox._urls import libpq_url
+from outbox.exceptions import MigrationError
 from outbox.migrate import DEFAULT_CHANNEL, DEFAULT_SCHEMA, migrate, migration_script
 from outbox.plugins import (
     PluginError,
@@ -226,6 +227,9 @@ def relay_command(
     try:
         asyncio.run(_run_until_signalled(relay, once=once, drain=drain, metrics_port=metrics_port))
     except asyncio.CancelledError:
+        sys.exit(1)
+    except MigrationError as error:
+        click.echo(f"error: {error}", err=True)
         sys.exit(1)
     except OSError as error:  # the metrics port is taken
         click.echo(f"error: {error}", err=True)

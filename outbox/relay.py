@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 
 from outbox._urls import libpq_url
-from outbox.exceptions import RetryableError, SinkGone
+from outbox.exceptions import MigrationError, RetryableError, SinkGone
 from outbox.retry import (
     FAILED,
     RETRYING,
@@ -199,9 +199,16 @@ class Relay:
     async def _load_disabled_sinks(self) -> None:
         # Before the first claim, so that not even one batch goes to a disabled sink; if the
         # database is down now, the maintenance round loads them once it is back.
-        with contextlib.suppress(psycopg.OperationalError):
+        try:
             async with await self._connect() as conn:
                 self._disabled = await self._store.disabled_sinks(conn)
+        except psycopg.OperationalError:
+            pass
+        except psycopg.errors.UndefinedTable as error:
+            raise MigrationError(
+                f"the outbox tables are missing from schema {self.options.schema!r}: "
+                "run `outbox migrate` first"
+            ) from error
 
     # -- the loop ------------------------------------------------------------------------
 

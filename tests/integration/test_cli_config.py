@@ -385,3 +385,21 @@ def test_relay_skips_a_disabled_sink(
     result = run(tmp_path, "relay", "--drain", *switch)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "called.txt").read_text().split() == [str(second)]
+
+
+def test_relay_on_an_unmigrated_database_says_to_migrate(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    (tmp_path / "outbox.toml").write_text(GOOD)
+    result = run(
+        tmp_path,
+        "relay",
+        "--drain",
+        "--config",
+        "outbox.toml",
+        "--database-url",
+        empty_database_url,
+    )
+    assert result.returncode == 1
+    assert "run `outbox migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr
