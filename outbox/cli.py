@@ -354,11 +354,14 @@ def sinks_disable(name: str, config: Path | None, database_url: str | None) -> N
     type=click.IntRange(1, 100_000),
     help="Orders the demo app commits (two events each).",
 )
-def demo_command(database_url: str | None, data_dir: Path | None, orders: int) -> None:
+@click.option("--stop", is_flag=True, help="Stop the embedded server a demo left running.")
+def demo_command(database_url: str | None, data_dir: Path | None, orders: int, stop: bool) -> None:
     """See it work: an app, a relay and three sinks, on an embedded PostgreSQL."""
-    from outbox.demo import default_data_dir, run_demo
+    from outbox.demo import default_data_dir, run_demo, stop_embedded
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if stop:
+        sys.exit(stop_embedded(data_dir or default_data_dir()))
     sys.exit(run_demo(database_url, data_dir or default_data_dir(), orders))
 
 

@@ -85,13 +85,14 @@ async def on_order_event(event: Event) -> None:
 def run_demo(database_url: str | None, data_dir: Path, orders: int) -> int:
     """Run the demo; return the process exit code."""
     url = _prepare_database(database_url, data_dir)
+    embedded_dir = None if database_url else data_dir
     outbox.migrate(url)
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM outbox_events").fetchone()
         first_id = int(row[0]) if row else 1
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     with _receiver(secret) as receiver_url:
-        return asyncio.run(_demo(url, receiver_url, secret, orders, first_id))
+        return asyncio.run(_demo(url, receiver_url, secret, orders, first_id, embedded_dir))
 
 
 def _prepare_database(database_url: str | None, data_dir: Path) -> str:
@@ -103,14 +104,18 @@ def _prepare_database(database_url: str | None, data_dir: Path) -> str:
         ("Starting" if fresh else "Restarting")
         + f" an embedded PostgreSQL; its data is in {data_dir}"
     )
-    server = start_embedded(data_dir, cleanup="stop")
+    # Left running when the demo ends, so that the commands it prints work; `outbox demo
+    # --stop` stops it.
+    server = start_embedded(data_dir, cleanup=None)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
     return server.replace("/postgres?", f"/{DEMO_DATABASE}?", 1)
 
 
-async def _demo(url: str, receiver_url: str, secret: str, orders: int, first_id: int) -> int:
+async def _demo(
+    url: str, receiver_url: str, secret: str, orders: int, first_id: int, embedded_dir: Path | None
+) -> int:
     sinks = build_sinks(_sink_settings(receiver_url, secret), sink_types(make_plugin_manager()))
     subscriptions = [Subscription(("order.#",), ("app", "billing", "audit"))]
     options = RelayOptions(poll_interval=0.5, retry=RetryPolicy(base_seconds=0.2, cap_seconds=2))
@@ -126,7 +131,7 @@ async def _demo(url: str, receiver_url: str, secret: str, orders: int, first_id:
     finally:
         relay.stop()
         await relay_task
-    return _report(url, expected, first_id)
+    return _report(url, expected, first_id, embedded_dir)
 
 
 def _sink_settings(receiver_url: str, secret: str) -> dict[str, SinkSettings]:
@@ -210,7 +215,7 @@ def _audit_ids(url: str) -> set[int]:
         return {row[0] for row in conn.execute(f"SELECT event_id FROM {AUDIT_SCHEMA}.events")}
 
 
-def _report(url: str, expected: set[int], first_id: int) -> int:
+def _report(url: str, expected: set[int], first_id: int, embedded_dir: Path | None) -> int:
     with psycopg.connect(url) as conn:
         statuses: dict[str, int] = dict(
             conn.execute(
@@ -247,9 +252,26 @@ def _report(url: str, expected: set[int], first_id: int) -> int:
     print(f"    outbox status --database-url '{url}'")
     print(f"    psql '{url}' -c 'SELECT id, topic, status, deliveries FROM outbox_events LIMIT 5'")
     print(f"    psql '{url}' -c 'SELECT event_id, topic FROM {AUDIT_SCHEMA}.events LIMIT 5'")
+    if embedded_dir is not None:
+        stop = f"outbox demo --stop{_dir_flag(embedded_dir)}"
+        print(f"  The embedded server keeps running; stop it with: {stop}")
     print()
     print("  All events delivered to every sink." if ok else "  Some events were not delivered.")
     return 0 if ok else 1
+
+
+def _dir_flag(data_dir: Path) -> str:
+    return "" if data_dir == default_data_dir() else f" --data-dir '{data_dir}'"
+
+
+def stop_embedded(data_dir: Path) -> int:
+    """Stop the demo's embedded server; return the process exit code."""
+    if not (data_dir / "postmaster.pid").exists():
+        _say(f"No embedded server is running in {data_dir}")
+        return 0
+    start_embedded(data_dir, cleanup="stop")  # this handle is the last: exiting stops it
+    _say(f"Stopping the embedded server in {data_dir}")
+    return 0
 
 
 def _duplicates(counter: Counter[int]) -> int:

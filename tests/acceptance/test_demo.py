@@ -48,9 +48,32 @@ def test_demo_on_a_fresh_embedded_server_delivers_everything(tmp_path: Path) -> 
     assert "events of the rolled-back transaction in the table: 0" in first.stdout
     assert "All events delivered to every sink." in first.stdout
 
-    again = _demo(tmp_path, "--data-dir", str(data_dir))
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "Restarting an embedded PostgreSQL" in again.stdout
+    # The server stays up so that the printed commands work, until --stop.
+    assert f"stop it with: outbox demo --stop --data-dir '{data_dir}'" in first.stdout
+    assert _status(tmp_path, first.stdout).returncode == 0
+    try:
+        again = _demo(tmp_path, "--data-dir", str(data_dir))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Restarting an embedded PostgreSQL" in again.stdout
+    finally:
+        stopped = _demo(tmp_path, "--stop", "--data-dir", str(data_dir))
+    assert stopped.returncode == 0
+    assert "Stopping the embedded server" in stopped.stdout
+    assert _status(tmp_path, first.stdout).returncode == 1  # the server is gone
+
+
+def _status(tmp_path: Path, demo_output: str) -> subprocess.CompletedProcess[str]:
+    """``outbox status`` as the demo told the reader to run it."""
+    [line] = [line for line in demo_output.splitlines() if "outbox status --database-url" in line]
+    url = line.split("'")[1]
+    return subprocess.run(
+        [sys.executable, "-m", "outbox.cli", "status", "--database-url", url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
 
 
 def test_demo_on_a_given_database(tmp_path: Path, database_url: str) -> None:
