@@ -139,7 +139,8 @@ def settle_event(
     a retry goes only to sinks that have not acknowledged, each when it is due.
     """
     if not subscribed:
-        return Settlement("done", None, {NO_SINK_KEY: {"status": UNROUTED}}, [], None)
+        kept = [dict(error) for error in errors]
+        return Settlement("done", None, {NO_SINK_KEY: {"status": UNROUTED}}, kept, None)
     new_deliveries = {name: dict(state) for name, state in deliveries.items()}
     new_errors = [dict(error) for error in errors]
     for name, outcome in outcomes.items():
