@@ -108,6 +108,12 @@ def build_relay(
 ) -> Relay:
     """The composition root: settings and plugins in, a ready relay out."""
     url = _require_url(settings)
+    if not settings.subscriptions:
+        # A relay with no subscriptions would mark every event done, delivered nowhere.
+        raise click.UsageError(
+            "no subscriptions configured: add [[subscriptions]] to the configuration "
+            "(config/outbox.toml, or --config FILE) so that events have somewhere to go"
+        )
     try:
         sinks = build_sinks(settings.sinks, sink_types(make_plugin_manager()))
     except ConfigError as error:

@@ -403,3 +403,14 @@ def test_relay_on_an_unmigrated_database_says_to_migrate(
     assert result.returncode == 1
     assert "run `outbox migrate` first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_relay_without_subscriptions_refuses_to_start(tmp_path: Path, database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        event = outbox.publish(conn, "order.paid", {"n": 1})
+    result = run(tmp_path, "relay", "--drain", "--database-url", database_url)
+    assert result.returncode == 2
+    assert "no subscriptions configured" in result.stderr
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT status FROM outbox_events WHERE id = %s", [event.id]).fetchone()
+    assert row == ("pending",)  # not marked done as unrouted
