@@ -248,16 +248,26 @@ def _report(url: str, expected: set[int], first_id: int, embedded_dir: Path | No
     ok = ok and cancelled_count == 0
     print()
     print("  Look at the table yourself:")
-    print(f"    outbox events list --database-url '{url}' --limit 5")
-    print(f"    outbox status --database-url '{url}'")
+    outbox_command = _outbox_command()
+    print(f"    {outbox_command} events list --database-url '{url}' --limit 5")
+    print(f"    {outbox_command} status --database-url '{url}'")
     print(f"    psql '{url}' -c 'SELECT id, topic, status, deliveries FROM outbox_events LIMIT 5'")
     print(f"    psql '{url}' -c 'SELECT event_id, topic FROM {AUDIT_SCHEMA}.events LIMIT 5'")
     if embedded_dir is not None:
-        stop = f"outbox demo --stop{_dir_flag(embedded_dir)}"
+        stop = f"{outbox_command} demo --stop{_dir_flag(embedded_dir)}"
         print(f"  The embedded server keeps running; stop it with: {stop}")
     print()
     print("  All events delivered to every sink." if ok else "  Some events were not delivered.")
     return 0 if ok else 1
+
+
+def _outbox_command() -> str:
+    """How the reader runs ``outbox``: as they just did (``.venv/bin/outbox`` after the
+    README's quick start), else by name."""
+    invoked = Path(sys.argv[0])
+    if invoked.name == "outbox" and invoked.parent != Path():
+        return str(invoked)
+    return "outbox"
 
 
 def _dir_flag(data_dir: Path) -> str:
