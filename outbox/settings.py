@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -169,16 +170,24 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @model_validator(mode="after")
-    def _subscriptions_name_sinks(self) -> Settings:
-        for index, subscription in enumerate(self.subscriptions):
+    @field_validator("subscriptions")
+    @classmethod
+    def _subscriptions_name_sinks(
+        cls, value: list[SubscriptionSettings], info: ValidationInfo
+    ) -> list[SubscriptionSettings]:
+        # A field validator, not a model one: it runs, and reports, even when other keys
+        # of the file have errors. ``sinks`` is declared first, so it is validated by now.
+        sinks = info.data.get("sinks")
+        if sinks is None:  # [sinks] itself is invalid: that error says enough
+            return value
+        for index, subscription in enumerate(value):
             for name in subscription.sinks:
-                if name not in self.sinks:
+                if name not in sinks:
                     raise ValueError(
                         f"subscriptions[{index}] names sink {name!r}, which is not configured "
-                        f"(configured: {', '.join(sorted(self.sinks)) or 'none'})"
+                        f"(configured: {', '.join(sorted(sinks)) or 'none'})"
                     )
-        return self
+        return value
 
     @classmethod
     def settings_customise_sources(

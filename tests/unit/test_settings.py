@@ -311,3 +311,14 @@ def test_config_error_text_lists_every_location(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, "a = 1\nb = 2\n"))
     assert str(caught.value).splitlines() == ["a: unknown key", "b: unknown key"]
+
+
+def test_a_missing_sink_is_reported_beside_other_errors(tmp_path: Path) -> None:
+    text = (
+        "[relay]\nbogus = 1\n"
+        + SUBSCRIBED
+        + '[[subscriptions]]\ntopics = ["#"]\nsinks = ["ghost"]\n'
+    )
+    found = dict(errors_of(write(tmp_path, text)))
+    assert found["relay.bogus"] == "unknown key"
+    assert "'ghost'" in found["subscriptions"]
