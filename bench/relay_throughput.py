@@ -33,21 +33,15 @@ import os
 import platform
 import pstats
 import shlex
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Sequence
 
+import _common
 import psycopg
 
-from outbox import migrate
-from outbox._urls import libpq_url
 from outbox.relay import Relay, RelayOptions
 from outbox.retry import DELIVERED, Settlement
 from outbox.routing import Subscription
-from outbox.sinks import Event, Sink
 from outbox.store import Store
 
 SINK = "noop"
@@ -61,47 +55,6 @@ SELECT 'bench.event',
        jsonb_build_object('n', n, 'text', repeat('x', 100))
 FROM generate_series(1, %(events)s) AS n
 """
-
-
-class NoopSink(Sink):
-    """Accepts everything at once: what is left is the relay's own cost."""
-
-    async def deliver(self, event: Event) -> None:
-        return None
-
-
-# -- the database -------------------------------------------------------------------------
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(libpq_url(url))
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-@contextlib.contextmanager
-def _server(database_url: str | None) -> Iterator[str]:
-    if database_url:
-        yield libpq_url(database_url)
-        return
-    from outbox._embedded import start_embedded
-
-    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
-        yield start_embedded(Path(tmp) / "pgdata", cleanup="delete")
-
-
-@contextlib.contextmanager
-def _bench_database(server_url: str, synchronous_commit: str) -> Iterator[str]:
-    name = f"outbox_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {synchronous_commit}')
-    try:
-        url = _with_database(server_url, name)
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _fill(url: str, events: int, keys: int) -> None:
@@ -152,7 +105,7 @@ async def _relay(url: str, batch_size: int) -> float:
     """Seconds for a relay with a no-op sink to drain the table."""
     relay = Relay(
         url,
-        {SINK: NoopSink()},
+        {SINK: _common.NoopSink()},
         [Subscription(("#",), (SINK,))],
         RelayOptions(batch_size=batch_size, name="bench"),
     )
@@ -215,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     with (
-        _server(args.database_url) as server_url,
-        _bench_database(server_url, args.synchronous_commit) as url,
+        _common.server(args.database_url) as server_url,
+        _common.fresh_database(server_url, synchronous_commit=args.synchronous_commit) as url,
     ):
         print(
             f"PostgreSQL {_server_version(url)} ({'given' if args.database_url else 'embedded'}"
