@@ -17,12 +17,11 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from outbox import migrate
-from outbox._urls import libpq_url
+from outbox._urls import libpq_url, with_database
 from outbox.sinks import Event, Sink
 
 # Pending events in one statement.
@@ -46,11 +45,6 @@ class NoopSink(Sink):
 
     async def deliver(self, event: Event) -> None:
         return None
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(libpq_url(url))
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @contextlib.contextmanager

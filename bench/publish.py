@@ -34,7 +34,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy
@@ -43,7 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import outbox
 from outbox._embedded import start_embedded
-from outbox._urls import libpq_url, sqlalchemy_url
+from outbox._urls import libpq_url, sqlalchemy_url, with_database
 
 TARGET_OVERHEAD = 0.25
 
@@ -165,8 +164,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
     name = f"outbox_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(libpq_url(server_url))
-    url = urlunsplit(parts._replace(path="/" + name))
+    url = with_database(server_url, name)
     try:
         outbox.migrate(url)
         yield url

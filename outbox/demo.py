@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import outbox
 from outbox._embedded import start_embedded
-from outbox._urls import libpq_url, sqlalchemy_url
+from outbox._urls import libpq_url, sqlalchemy_url, with_database
 from outbox.plugins import build_sinks, make_plugin_manager, sink_types
 from outbox.relay import Relay, RelayOptions
 from outbox.retry import RetryPolicy
@@ -110,7 +110,7 @@ def _prepare_database(database_url: str | None, data_dir: Path) -> str:
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
-    return server.replace("/postgres?", f"/{DEMO_DATABASE}?", 1)
+    return with_database(server, DEMO_DATABASE)
 
 
 async def _demo(

@@ -13,20 +13,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from outbox import migrate
 from outbox._embedded import start_embedded
-from outbox._urls import libpq_url
-
-
-def with_database(url: str, name: str) -> str:
-    """``url`` pointing at database ``name``."""
-    parts = urlsplit(libpq_url(url))
-    return urlunsplit(parts._replace(path="/" + name))
+from outbox._urls import libpq_url, with_database
 
 
 def _docker_postgres() -> Iterator[str] | None:

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -28,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 import outbox
 from outbox import admin
+from outbox._urls import with_database
 from outbox.relay import Relay, RelayOptions
 from outbox.routing import Subscription, topic_matches
 from outbox.sinks import Event, Sink
@@ -336,7 +336,7 @@ def test_status_reads_the_schema_from_the_config_file(server_url: str, workdir: 
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"'.encode())
     try:
-        url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+        url = with_database(server_url, name)
         outbox.migrate(url, schema="ops")
         with psycopg.connect(url) as conn:
             conn.execute(
