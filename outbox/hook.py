@@ -2,32 +2,56 @@
 
 Events recorded with :meth:`EventSource.record_event` wait on the entity until the session
 flushes (``before_flush``; recording marks the entity dirty, so a session with nothing else to
-write still flushes), with ``before_commit`` as the safety net. Events recorded during a flush
-(in mapper events) are written by that flush. Ids follow the order of ``record_event`` calls
-across entities. A savepoint or transaction that rolls back discards the events recorded
-inside it, and so do ``Session.close()`` and ``reset()`` without a commit, so nothing recorded
-in an abandoned unit of work is ever written.
+write still flushes), with ``before_commit`` as the safety net; events given to
+:func:`outbox.publish` with a session wait on the session the same way. Events recorded during
+a flush (in mapper events) are written by that flush. Ids follow the order of the calls
+across entities and the session. A savepoint or transaction that rolls back discards the
+events recorded inside it, and so do ``Session.close()`` and ``reset()`` without a commit,
+so nothing recorded in an abandoned unit of work is ever written.
+
+On psycopg (3) connections the events of a flush ride on its first single-row
+``INSERT ... RETURNING``, usually the business row's: the statement gets the events' insert
+as a data-modifying CTE and their ids as one more returned column, so writing them costs no
+statement and no round trip of its own (docs/decisions/0006-the-cost-of-publishing.md). A
+flush without such an INSERT, events with a dedup key, and other drivers write the events as
+one statement of their own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
+import re
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, object_session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import flag_dirty
 
-from outbox.publish import OutboxEvent, prepare_event, write_events_sqlalchemy
+from outbox.publish import (
+    RIDE_IDS_COLUMN,
+    RIDE_PARAMETER,
+    OutboxEvent,
+    apply_ride_ids,
+    find_ride_ids,
+    prepare_event,
+    ride_rows,
+    ride_statement,
+    write_events_sqlalchemy,
+)
 
 __all__ = ["EventSource", "install"]
 
-_SOURCES = "outbox.sources"
-_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+_SOURCES = "outbox.sources"  # session.info: entities holding staged events
+_PUBLISHED = "outbox.published"  # session.info: events given to publish() on the session
+_RIDE = "outbox.ride"  # session.info and connection.info: a flush's events, to ride an INSERT
+_installed: weakref.WeakSet[type[Session]] = weakref.WeakSet()
+_hooked_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 # Orders staged events across entities, so that ids follow the order of record_event calls.
 _record_order = itertools.count()
 
@@ -104,8 +128,19 @@ def _sources(session: Session) -> list[EventSource]:
     return list(found.values())
 
 
-def _write_staged(session: Session) -> None:
-    staged_here: list[_Staged] = []
+def stage_published(session: Session, outbox_event: OutboxEvent) -> None:
+    """Stage an event given to :func:`outbox.publish` for the session's next flush or commit,
+    installing the hook on the session's class if nothing installed it yet. The session's
+    transaction must have begun, so that its rollback takes the event away."""
+    if not _is_installed(type(session)):
+        install(type(session))
+    staged = (next(_record_order), _current_transaction(session), outbox_event)
+    session.info.setdefault(_PUBLISHED, []).append(staged)
+
+
+def _take_staged(session: Session) -> list[OutboxEvent]:
+    """The events staged for this session, in record order, no longer staged."""
+    staged_here: list[_Staged] = session.info.pop(_PUBLISHED, [])
     for source in _sources(session):
         # An entity that left this session (closed or expunged) keeps its events.
         if object_session(source) is session:
@@ -113,9 +148,129 @@ def _write_staged(session: Session) -> None:
             staged_here.extend(staged)
             staged.clear()
     session.info.pop(_SOURCES, None)
-    if staged_here:
-        staged_here.sort(key=lambda item: item[0])
-        write_events_sqlalchemy(session.connection(), [item[2] for item in staged_here])
+    staged_here.sort(key=lambda item: item[0])
+    return [item[2] for item in staged_here]
+
+
+def _write_staged(session: Session) -> None:
+    events = _take_staged(session)
+    if events:
+        write_events_sqlalchemy(session.connection(), events)
+
+
+# -- riding on an INSERT of the flush ----------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Ride:
+    """Events of a flush waiting for the flush's first INSERT that can carry them."""
+
+    connection: Connection
+    events: list[OutboxEvent]
+    carrier: str | None = None  # the statement sent with them
+    ids_read: bool = False
+
+
+_INSERT_RETURNING = re.compile(r"\s*INSERT\s.*\sRETURNING\s", re.DOTALL)
+
+
+def _stage_ride(session: Session, events: list[OutboxEvent]) -> None:
+    """Let the events ride on the flush's first single-row INSERT, or write them now."""
+    connection = session.connection()
+    dialect = connection.dialect
+    rideable = (
+        dialect.driver == "psycopg"
+        and not dialect.is_async
+        and dialect.paramstyle == "pyformat"
+        # A duplicate dedup key inserts no row: its id needs a lookup of its own.
+        and not any(outbox_event.dedup_key for outbox_event in events)
+    )
+    if not rideable:
+        write_events_sqlalchemy(connection, events)
+        return
+    _hook_engine(connection.engine)
+    session.info[_RIDE] = connection.info[_RIDE] = _Ride(connection, events)
+
+
+def _finish_ride(session: Session) -> None:
+    """At the end of a flush: write the events no INSERT carried, or read back their ids."""
+    ride: _Ride | None = session.info.pop(_RIDE, None)
+    if ride is None:
+        return
+    ride.connection.info.pop(_RIDE, None)
+    if ride.carrier is None:
+        write_events_sqlalchemy(ride.connection, ride.events)
+    elif not ride.ids_read:
+        find_ride_ids(ride.connection, ride.events)
+
+
+def _drop_ride(session: Session) -> None:
+    ride: _Ride | None = session.info.pop(_RIDE, None)
+    if ride is not None:
+        ride.connection.info.pop(_RIDE, None)
+
+
+def _hook_engine(engine: Engine) -> None:
+    if engine not in _hooked_engines:
+        event.listen(engine, "before_cursor_execute", _board, retval=True)
+        event.listen(engine, "after_cursor_execute", _read_ride_ids)
+        event.listen(engine, "commit", _write_left_ride)
+        _hooked_engines.add(engine)
+
+
+def _write_left_ride(conn: Connection) -> None:
+    # A flush whose before_flush hooks left it nothing to do ends without after_flush_postexec:
+    # its events are written here, before the COMMIT.
+    ride: _Ride | None = conn.info.pop(_RIDE, None)
+    if ride is not None and ride.carrier is None and ride.connection is conn:
+        write_events_sqlalchemy(conn, ride.events)
+
+
+def _board(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> tuple[str, Any]:
+    ride: _Ride | None = conn.info.get(_RIDE)
+    if (
+        ride is None
+        or ride.carrier is not None
+        or ride.connection is not conn
+        or executemany
+        or not isinstance(parameters, dict)
+        or RIDE_PARAMETER in parameters
+        or not hasattr(cursor, "pgresult")
+        or not _INSERT_RETURNING.match(statement)
+    ):
+        return statement, parameters
+    ride.carrier = ride_statement(statement)
+    return ride.carrier, {**parameters, RIDE_PARAMETER: ride_rows(ride.events)}
+
+
+def _read_ride_ids(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    ride: _Ride | None = conn.info.get(_RIDE)
+    if ride is None or statement is not ride.carrier or ride.connection is not conn:
+        return
+    # Read from the result without moving the cursor: SQLAlchemy fetches the rows next.
+    result = cursor.pgresult
+    if (
+        result is None
+        or result.ntuples == 0  # a trigger skipped the row: _finish_ride looks the ids up
+        or result.fname(result.nfields - 1) != RIDE_IDS_COLUMN.encode()
+    ):
+        return
+    ride.ids_read = True
+    apply_ride_ids(ride.events, result.get_value(0, result.nfields - 1))
 
 
 def _is_within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
@@ -134,8 +289,11 @@ def _discard_rolled_back(session: Session, ended: SessionTransaction) -> None:
     for source in _sources_after_rollback(session):
         staged = _staged_events(source)
         staged[:] = [item for item in staged if not _is_within(item[1], ended)]
+    published: list[_Staged] = session.info.get(_PUBLISHED, [])
+    published[:] = [item for item in published if not _is_within(item[1], ended)]
     if ended.parent is None:
         session.info.pop(_SOURCES, None)
+        session.info.pop(_PUBLISHED, None)
 
 
 def _sources_after_rollback(session: Session) -> Iterable[EventSource]:
@@ -145,24 +303,35 @@ def _sources_after_rollback(session: Session) -> Iterable[EventSource]:
 
 
 def _before_flush(session: Session, flush_context: object, instances: object) -> None:
-    _write_staged(session)
+    _finish_ride(session)  # a ride left by a flush that found nothing to do
+    events = _take_staged(session)
+    if events:
+        _stage_ride(session, events)
 
 
 def _after_flush_postexec(session: Session, flush_context: object) -> None:
+    _finish_ride(session)
     # Events recorded during the flush (in mapper events such as after_insert) are written
     # by that flush; the commit that ran it would otherwise end without them.
     _write_staged(session)
 
 
 def _before_commit(session: Session) -> None:
+    if session.new or session.dirty or session.deleted:
+        return  # the commit flushes next, and that flush writes the events
+    _finish_ride(session)
     _write_staged(session)
 
 
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    _drop_ride(session)
     _discard_rolled_back(session, previous_transaction)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # A flush that failed ends its own transaction here: its events went with the rollback.
+    # A successful flush has finished its ride before its transaction ends.
+    _drop_ride(session)
     # Session.close() and reset() end the transaction without a rollback event; a commit has
     # written everything by now. Either way, nothing staged may leak into the next one.
     if transaction.parent is None:
@@ -188,7 +357,7 @@ def install(target: Any) -> Any:
     uses the plain ``Session``, so other sessions are not affected.
     """
     listen_on = _listen_target(target)
-    if listen_on in _installed:
+    if _is_installed(listen_on):
         return target
     event.listen(listen_on, "before_flush", _before_flush)
     event.listen(listen_on, "after_flush_postexec", _after_flush_postexec)
@@ -200,17 +369,23 @@ def install(target: Any) -> Any:
     return target
 
 
-def _listen_target(target: Any) -> Any:
+def _is_installed(session_class: type[Session]) -> bool:
+    return any(base in _installed for base in session_class.__mro__)
+
+
+def _listen_target(target: Any) -> type[Session]:
+    """The session class to listen on (a sessionmaker makes a class of its own)."""
     if isinstance(target, scoped_session):
-        return target.session_factory
+        target = target.session_factory
     if isinstance(target, sessionmaker):
-        return target
+        session_class: type[Session] = target.class_
+        return session_class
     if isinstance(target, async_sessionmaker):
         sync_class = target.kw.get("sync_session_class", Session)
         if sync_class is Session:
             sync_class = type("OutboxSession", (Session,), {})
             target.configure(sync_session_class=sync_class)
-        return sync_class
+        return sync_class  # type: ignore[no-any-return]
     if isinstance(target, type) and issubclass(target, Session):
         return target
     raise TypeError(

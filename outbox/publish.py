@@ -62,7 +62,8 @@ def configure(*, schema: str | None = None, max_payload_bytes: int | None = None
 class OutboxEvent:
     """An event handed to the outbox.
 
-    ``id`` is set once the event is written: at once by :func:`publish`, by the flush for
+    ``id`` is set once the event is written: at once by :func:`publish` on a connection, by
+    the next flush (or the commit) for :func:`publish` on a session and for
     :meth:`EventSource.record_event`. ``duplicate`` is then ``True`` when an event with the
     same ``dedup_key`` already existed, in which case nothing was written and ``id`` is the
     existing event's.
@@ -358,6 +359,59 @@ def _pairs(rows: Sequence[Any]) -> list[tuple[Any, Any]]:
     return [(row[0], row[1]) for row in rows]
 
 
+# -- riding on an INSERT of the flush -------------------------------------------------------
+#
+# The session hook writes a flush's events inside the flush's first single-row INSERT ...
+# RETURNING (the business row), as a data-modifying CTE: one statement and one round trip
+# for both. The events' ids come back as one more RETURNING column.
+
+RIDE_PARAMETER = "outbox_rows"
+RIDE_IDS_COLUMN = "_outbox_ids"
+
+# The ids of the newest events this transaction wrote, when the INSERT that carried them
+# returned no row (a BEFORE trigger on its table skipped it): the table's sequence bounds
+# the primary key scan, the transaction id picks this transaction's rows.
+_NEWEST = """
+SELECT id FROM (
+    SELECT id FROM {table}
+    WHERE id <= currval(pg_get_serial_sequence(%(table)s, 'id'))
+      AND txid = pg_current_xact_id()
+    ORDER BY id DESC
+    LIMIT %(count)s) AS newest
+ORDER BY id
+"""
+
+
+def ride_statement(statement: str) -> str:
+    """``statement`` (an ``INSERT ... RETURNING``) also inserting the events given as the
+    ``RIDE_PARAMETER`` parameter, their ids returned as one more, last column."""
+    insert_sql = _INSERT.format(table=_table()).strip()
+    insert_sql = insert_sql.replace("%(rows)s", f"%({RIDE_PARAMETER})s")
+    return (
+        f"WITH _outbox_written AS ({insert_sql}) {statement}, "
+        f"(SELECT json_agg(id ORDER BY id) FROM _outbox_written) AS {RIDE_IDS_COLUMN}"
+    )
+
+
+def ride_rows(events: Sequence[OutboxEvent]) -> str:
+    """The value of the ``RIDE_PARAMETER`` parameter for ``events``."""
+    return _rows_json(events)
+
+
+def apply_ride_ids(events: Sequence[OutboxEvent], ids_json: bytes) -> None:
+    """Give ``events`` (which carry no dedup key: every one was inserted) their ids."""
+    for event, event_id in zip(events, json.loads(ids_json), strict=True):
+        event.id, event.duplicate = event_id, False
+
+
+def find_ride_ids(connection: Connection, events: Sequence[OutboxEvent]) -> None:
+    """Give ``events`` their ids when the INSERT that carried them returned no row."""
+    found = connection.exec_driver_sql(
+        _NEWEST.format(table=_table()), {"table": _table(), "count": len(events)}
+    )
+    apply_ride_ids(events, json.dumps([row[0] for row in found]).encode())
+
+
 def write_events_sqlalchemy(connection: Connection, events: Sequence[OutboxEvent]) -> None:
     """Insert ``events`` on a SQLAlchemy connection, inside its current transaction."""
     insert_sql, existing_sql = _insert_statements()
@@ -459,6 +513,11 @@ def publish(
     savepoint takes it away. ``target`` is a SQLAlchemy ``Session`` or Core ``Connection``, a
     psycopg ``Connection``, or their async forms (then ``publish`` returns an awaitable).
 
+    On a connection the event is written at once. On a session it is written by the
+    session's next flush, together with the events entities recorded (see
+    :func:`outbox.install`), or at commit; its ``id`` is set then. The first time a session
+    class is given, the session hook is installed on it.
+
     Events with the same ``key`` reach each sink in publish order. ``process_at`` (aware
     datetime) or ``delay`` (seconds or timedelta, measured on the database clock) postpone
     delivery. A second event with the same ``dedup_key`` is not written: the returned
@@ -485,7 +544,11 @@ def _dispatch(target: object, event: OutboxEvent) -> OutboxEvent | Awaitable[Out
     from sqlalchemy.orm import Session
 
     if isinstance(target, Session):
-        write_events_sqlalchemy(target.connection(), [event])
+        from outbox.hook import stage_published
+
+        if target.get_transaction() is None:
+            target.connection()  # begin, so that a rollback before the flush takes it away
+        stage_published(target, event)
     elif isinstance(target, Connection):
         write_events_sqlalchemy(target, [event])
     elif isinstance(target, psycopg.Connection):
@@ -505,7 +568,11 @@ async def _publish_async(target: object, event: OutboxEvent) -> OutboxEvent:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
     if isinstance(target, AsyncSession):
-        await write_events_sqlalchemy_async(await target.connection(), [event])
+        from outbox.hook import stage_published
+
+        if target.get_transaction() is None:
+            await target.connection()
+        stage_published(target.sync_session, event)
     elif isinstance(target, AsyncConnection):
         await write_events_sqlalchemy_async(target, [event])
     elif isinstance(target, psycopg.AsyncConnection):

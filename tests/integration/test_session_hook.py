@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 )
 
 import outbox
+from outbox import hook
 from outbox._urls import sqlalchemy_url
 
 
@@ -308,15 +309,14 @@ async def test_async_savepoint_rollback_discards_its_events(
     assert topics(database_url) == ["outside"]
 
 
-async def test_installing_on_async_sessionmaker_leaves_other_sessions_alone(
-    async_maker: async_sessionmaker[Any], engine: Engine, database_url: str
+def test_installing_on_async_sessionmaker_hooks_a_session_class_of_its_own(
+    async_engine: AsyncEngine,
 ) -> None:
-    with Session(engine) as session:
-        order = Order()
-        order.record_event("not.installed", {})
-        session.add(order)
-        session.commit()
-    assert topics(database_url) == []
+    # Not Session itself: other sessions are left alone (unless publish() is given one).
+    maker = outbox.install(async_sessionmaker(async_engine))
+    sync_class = maker.kw["sync_session_class"]
+    assert sync_class is not Session and issubclass(sync_class, Session)
+    assert event.contains(sync_class, "before_flush", hook._before_flush)
 
 
 # -- trap (e): threads -------------------------------------------------------------------
@@ -560,3 +560,128 @@ def test_events_and_business_rows_commit_together(
     with maker() as session:
         assert session.scalars(select(Order)).all() == []
     assert topics(database_url) == []
+
+
+# -- events ride on the flush's INSERT ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[str]]:
+    """The statements sent to the server, as sent (after the hook rewrote them)."""
+    sent: list[str] = []
+
+    def capture(conn: object, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "after_cursor_execute", capture)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "after_cursor_execute", capture)
+
+
+def test_events_ride_on_the_insert_of_their_entity(
+    maker: sessionmaker[Session], engine: Engine, database_url: str
+) -> None:
+    with maker.begin() as session:
+        order = Order()
+        first = order.record_event("order.created", {"n": 1})
+        second = outbox.publish(session, "order.audited", {"n": 2})
+        session.add(order)
+        with statements_sent(engine) as sent:
+            session.flush()
+        assert first.id is not None and second.id == first.id + 1
+        assert (first.duplicate, second.duplicate) == (False, False)
+    assert len(sent) == 1, sent  # one statement wrote the order and both events
+    assert sent[0].split()[:5] == ["WITH", "_outbox_written", "AS", "(INSERT", "INTO"]
+    assert stored(database_url) == [
+        (first.id, "order.created", {"n": 1}),
+        (second.id, "order.audited", {"n": 2}),
+    ]
+    with maker() as session:
+        assert session.get(Order, order.id) is not None
+
+
+def test_a_flush_without_an_insert_writes_its_events_in_a_statement_of_their_own(
+    maker: sessionmaker[Session], engine: Engine, order_id: int, database_url: str
+) -> None:
+    with maker.begin() as session:
+        order = session.get_one(Order, order_id)
+        order.status = "paid"
+        recorded = order.record_event("order.paid", {})
+        with statements_sent(engine) as sent:
+            session.flush()
+        assert recorded.id is not None
+    assert [statement.split(None, 1)[0] for statement in sent] == ["UPDATE", "INSERT"]
+    assert topics(database_url) == ["order.paid"]
+
+
+def test_events_of_a_multi_row_flush_are_one_statement_in_record_order(
+    maker: sessionmaker[Session], engine: Engine, database_url: str
+) -> None:
+    with maker.begin() as session:
+        orders = [Order() for _ in range(3)]
+        recorded = [order.record_event(f"order.{n}", {}) for n, order in enumerate(orders)]
+        session.add_all(orders)
+        with statements_sent(engine) as sent:
+            session.flush()
+    outbox_inserts = [s for s in sent if "outbox_events" in s]
+    assert len(outbox_inserts) == 1
+    assert stored(database_url) == [(r.id, r.topic, {}) for r in recorded]
+
+
+def test_ids_are_found_when_a_trigger_skips_the_carrying_insert(
+    maker: sessionmaker[Session], engine: Engine, database_url: str
+) -> None:
+    # A mapper event's INSERT ... RETURNING runs first in the flush and carries the events;
+    # a trigger skips its row, so no row brings their ids back.
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE skipped (id serial PRIMARY KEY, note text)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION skip_row() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER skip_all BEFORE INSERT ON skipped "
+                "FOR EACH ROW EXECUTE FUNCTION skip_row()"
+            )
+        )
+
+    def audit(mapper: object, connection: Any, target: object) -> None:
+        connection.execute(text("INSERT INTO skipped (note) VALUES ('x') RETURNING id"))
+
+    event.listen(Order, "before_insert", audit)
+    try:
+        with maker.begin() as session:
+            outbox.publish(session, "earlier", {})
+            session.flush()
+            order = Order()
+            recorded = [order.record_event(f"order.{n}", {}) for n in range(2)]
+            session.add(order)
+            with statements_sent(engine) as sent:
+                session.flush()
+            assert [r.id for r in recorded] == [r.id for r in recorded if r.id] != []
+    finally:
+        event.remove(Order, "before_insert", audit)
+    assert "_outbox_written" in sent[0] and "skipped" in sent[0]
+    assert [row[:2] for row in stored(database_url)][1:] == [(r.id, r.topic) for r in recorded]
+
+
+def test_a_failed_carrying_insert_leaves_nothing_behind(
+    maker: sessionmaker[Session], engine: Engine, order_id: int, database_url: str
+) -> None:
+    with maker() as session:
+        clash = Order(id=order_id)
+        clash.record_event("order.clash", {})
+        session.add(clash)
+        with pytest.raises(Exception, match="duplicate key"):
+            session.flush()
+        session.rollback()
+        fresh = Order()
+        kept = fresh.record_event("order.fresh", {})
+        session.add(fresh)
+        session.commit()
+    assert stored(database_url) == [(kept.id, "order.fresh", {})]
