@@ -35,13 +35,13 @@ from sqlalchemy.orm.attributes import flag_dirty
 
 from outbox.publish import (
     RIDE_IDS_COLUMN,
-    RIDE_PARAMETER,
+    RIDE_PARAMETERS,
     OutboxEvent,
     apply_ride_ids,
+    carrying,
     find_ride_ids,
+    parse_ride_ids,
     prepare_event,
-    ride_rows,
-    ride_statement,
     write_events_sqlalchemy,
 )
 
@@ -121,11 +121,9 @@ def _register(session: Session, source: EventSource) -> None:
 
 
 def _sources(session: Session) -> list[EventSource]:
-    found: dict[int, EventSource] = dict(session.info.get(_SOURCES, {}))
-    for obj in (*session.new, *session.dirty):
-        if isinstance(obj, EventSource):
-            found.setdefault(id(obj), obj)
-    return list(found.values())
+    # record_event() and before_attach register every entity that holds events.
+    registered: dict[int, EventSource] = session.info.get(_SOURCES, {})
+    return list(registered.values())
 
 
 def stage_published(session: Session, outbox_event: OutboxEvent) -> None:
@@ -241,13 +239,13 @@ def _board(
         or ride.connection is not conn
         or executemany
         or not isinstance(parameters, dict)
-        or RIDE_PARAMETER in parameters
+        or not RIDE_PARAMETERS.isdisjoint(parameters)
         or not hasattr(cursor, "pgresult")
         or not _INSERT_RETURNING.match(statement)
     ):
         return statement, parameters
-    ride.carrier = ride_statement(statement)
-    return ride.carrier, {**parameters, RIDE_PARAMETER: ride_rows(ride.events)}
+    ride.carrier, added = carrying(statement, ride.events)
+    return ride.carrier, {**parameters, **added}
 
 
 def _read_ride_ids(
@@ -270,7 +268,7 @@ def _read_ride_ids(
     ):
         return
     ride.ids_read = True
-    apply_ride_ids(ride.events, result.get_value(0, result.nfields - 1))
+    apply_ride_ids(ride.events, parse_ride_ids(result.get_value(0, result.nfields - 1)))
 
 
 def _is_within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:

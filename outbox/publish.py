@@ -157,9 +157,18 @@ def _with_trace_context(headers: dict[str, str]) -> dict[str, str]:
     inject = _trace_injector()
     if inject is None or any(name in headers for name in _TRACE_HEADERS):
         return headers
+    if not _trace_context_active():
+        return headers
     carrier: dict[str, str] = {}
     inject(carrier)
     return {**carrier, **headers} if carrier else headers
+
+
+def _trace_context_active() -> bool:
+    """Whether the current OpenTelemetry context holds anything to propagate (cheap)."""
+    from opentelemetry import context
+
+    return bool(context.get_current())
 
 
 @functools.cache
@@ -365,8 +374,23 @@ def _pairs(rows: Sequence[Any]) -> list[tuple[Any, Any]]:
 # RETURNING (the business row), as a data-modifying CTE: one statement and one round trip
 # for both. The events' ids come back as one more RETURNING column.
 
-RIDE_PARAMETER = "outbox_rows"
 RIDE_IDS_COLUMN = "_outbox_ids"
+
+# One event, the common case: plain parameters, no JSON array to unpack.
+_INSERT_ONE = """
+INSERT INTO {table} (topic, key, payload, headers, process_at)
+VALUES (%(outbox_topic)s, %(outbox_key)s, CAST(%(outbox_payload)s AS jsonb),
+        COALESCE(CAST(%(outbox_headers)s AS jsonb), '{{}}'::jsonb),
+        COALESCE(CAST(%(outbox_process_at)s AS timestamptz),
+                 now() + make_interval(secs => COALESCE(CAST(%(outbox_delay)s AS float8), 0))))
+RETURNING id
+"""
+RIDE_PARAMETERS = frozenset(
+    (
+        *("outbox_rows", "outbox_topic", "outbox_key", "outbox_payload"),
+        *("outbox_headers", "outbox_process_at", "outbox_delay"),
+    )
+)
 
 # The ids of the newest events this transaction wrote, when the INSERT that carried them
 # returned no row (a BEFORE trigger on its table skipped it): the table's sequence bounds
@@ -382,26 +406,44 @@ ORDER BY id
 """
 
 
-def ride_statement(statement: str) -> str:
-    """``statement`` (an ``INSERT ... RETURNING``) also inserting the events given as the
-    ``RIDE_PARAMETER`` parameter, their ids returned as one more, last column."""
-    insert_sql = _INSERT.format(table=_table()).strip()
-    insert_sql = insert_sql.replace("%(rows)s", f"%({RIDE_PARAMETER})s")
+def carrying(statement: str, events: Sequence[OutboxEvent]) -> tuple[str, dict[str, Any]]:
+    """``statement`` (an ``INSERT ... RETURNING``) made to insert ``events`` too (which carry
+    no dedup key), their ids returned as one more, last column; and the parameters to add."""
+    if len(events) == 1:
+        event = events[0]
+        parameters: dict[str, Any] = {
+            "outbox_topic": event.topic,
+            "outbox_key": event.key,
+            "outbox_payload": event.payload_json,
+            "outbox_headers": json.dumps(event.headers) if event.headers else None,
+            "outbox_process_at": event.process_at,
+            "outbox_delay": event.delay,
+        }
+        return _ride_statement(statement, _table(), single=True), parameters
+    return _ride_statement(statement, _table(), single=False), {"outbox_rows": _rows_json(events)}
+
+
+@functools.lru_cache(maxsize=256)
+def _ride_statement(statement: str, table: str, *, single: bool) -> str:
+    if single:
+        insert_sql = _INSERT_ONE.format(table=table).strip()
+    else:
+        insert_sql = _INSERT.format(table=table).strip().replace("%(rows)s", "%(outbox_rows)s")
     return (
         f"WITH _outbox_written AS ({insert_sql}) {statement}, "
         f"(SELECT json_agg(id ORDER BY id) FROM _outbox_written) AS {RIDE_IDS_COLUMN}"
     )
 
 
-def ride_rows(events: Sequence[OutboxEvent]) -> str:
-    """The value of the ``RIDE_PARAMETER`` parameter for ``events``."""
-    return _rows_json(events)
-
-
-def apply_ride_ids(events: Sequence[OutboxEvent], ids_json: bytes) -> None:
+def apply_ride_ids(events: Sequence[OutboxEvent], ids: Sequence[int]) -> None:
     """Give ``events`` (which carry no dedup key: every one was inserted) their ids."""
-    for event, event_id in zip(events, json.loads(ids_json), strict=True):
+    for event, event_id in zip(events, ids, strict=True):
         event.id, event.duplicate = event_id, False
+
+
+def parse_ride_ids(value: bytes) -> list[int]:
+    """The ids column of a carrying INSERT: a JSON array of integers, as text."""
+    return [int(item) for item in value.strip(b"[]").split(b",")]
 
 
 def find_ride_ids(connection: Connection, events: Sequence[OutboxEvent]) -> None:
@@ -409,7 +451,7 @@ def find_ride_ids(connection: Connection, events: Sequence[OutboxEvent]) -> None
     found = connection.exec_driver_sql(
         _NEWEST.format(table=_table()), {"table": _table(), "count": len(events)}
     )
-    apply_ride_ids(events, json.dumps([row[0] for row in found]).encode())
+    apply_ride_ids(events, [row[0] for row in found])
 
 
 def write_events_sqlalchemy(connection: Connection, events: Sequence[OutboxEvent]) -> None:

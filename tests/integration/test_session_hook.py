@@ -685,3 +685,24 @@ def test_a_failed_carrying_insert_leaves_nothing_behind(
         session.add(fresh)
         session.commit()
     assert stored(database_url) == [(kept.id, "order.fresh", {})]
+
+
+def test_a_riding_event_keeps_its_key_headers_and_schedule(
+    maker: sessionmaker[Session], engine: Engine, database_url: str
+) -> None:
+    with maker.begin() as session:
+        order = Order()
+        recorded = order.record_event(
+            "order.created", {"n": 1}, key="k-1", headers={"h": "v"}, delay=3600
+        )
+        session.add(order)
+        with statements_sent(engine) as sent:
+            session.flush()
+        assert len(sent) == 1 and "_outbox_written" in sent[0]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT key, headers, payload, process_at - created_at > interval '59 minutes' "
+            "FROM outbox_events WHERE id = %s",
+            (recorded.id,),
+        ).fetchone()
+    assert row == ("k-1", {"h": "v"}, {"n": 1}, True)
