@@ -8,7 +8,8 @@ processes are started, wait at a barrier with their imports done, and are let go
 the figure is events / wall-clock seconds from the release to the last worker's exit.
 
 * outbox-relay: ``Relay.run(drain=True)`` with a no-op sink, in 1 or 2 processes, at several
-  batch sizes and worker concurrencies; the best is compared.
+  batch sizes and worker concurrencies, in both claim modes (``lease``, the default, and
+  ``lock``, one transaction per batch); the best is compared.
 * PgQueuer: several QueueManagers per process (each on its own asyncpg connection, its
   recommended driver, under uvloop as its CLI runs), batch size 100, ``mode=drain``, as its
   documentation recommends for throughput.
@@ -35,6 +36,8 @@ from typing import Any
 import _common
 import psycopg
 
+from outbox.relay import ClaimMode
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -42,10 +45,14 @@ class Config:
     processes: int
     batch: int  # outbox, pgqueuer: batch size; procrastinate: unused
     workers: int  # outbox: relay concurrency; pgqueuer: QueueManagers; procrastinate: concurrency
+    claim_mode: ClaimMode = "lease"  # outbox only
 
     def label(self) -> str:
         if self.system == "outbox":
-            return f"{self.processes} proc x concurrency {self.workers}, batch {self.batch}"
+            return (
+                f"{self.claim_mode}: {self.processes} proc x concurrency {self.workers}, "
+                f"batch {self.batch}"
+            )
         if self.system == "pgqueuer":
             return f"{self.processes} proc x {self.workers} QueueManagers, batch {self.batch}"
         return f"{self.processes} proc x concurrency {self.workers}"
@@ -58,6 +65,10 @@ FULL = [
     Config("outbox", 1, 500, 2),
     Config("outbox", 2, 500, 1),
     Config("outbox", 2, 1000, 1),
+    Config("outbox", 1, 1000, 1, "lock"),
+    Config("outbox", 1, 500, 2, "lock"),
+    Config("outbox", 2, 500, 1, "lock"),
+    Config("outbox", 2, 1000, 1, "lock"),
     Config("pgqueuer", 1, 100, 4),
     Config("pgqueuer", 2, 100, 2),
     Config("pgqueuer", 2, 100, 4),
@@ -66,6 +77,7 @@ FULL = [
 QUICK = [
     Config("outbox", 1, 500, 1),
     Config("outbox", 2, 500, 1),
+    Config("outbox", 2, 500, 1, "lock"),
     Config("pgqueuer", 1, 100, 4),
     Config("pgqueuer", 2, 100, 2),
     Config("procrastinate", 2, 0, 10),
@@ -80,7 +92,12 @@ def worker(config: Config, url: str, ready: Any, go: Any) -> None:
         from outbox.relay import Relay, RelayOptions
         from outbox.routing import Subscription
 
-        options = RelayOptions(batch_size=config.batch, concurrency=config.workers, name="bench")
+        options = RelayOptions(
+            batch_size=config.batch,
+            concurrency=config.workers,
+            name="bench",
+            claim_mode=config.claim_mode,
+        )
         relay = Relay(url, {"noop": _common.NoopSink()}, [Subscription(("#",), ("noop",))], options)
         ready.set()
         go.wait()
@@ -234,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     best: dict[str, float] = {}
     with _common.server(args.database_url) as server_url:
         print(_common.machine(server_url), flush=True)
-        print(f"{'system':<14} {'configuration':<40} {'events':>8} {'jobs/s':>9}", flush=True)
+        print(f"{'system':<14} {'configuration':<44} {'events':>8} {'jobs/s':>9}", flush=True)
         for system in systems:
             events = args.events
             if system == "procrastinate" and args.procrastinate_events:
@@ -248,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rate = _measure(config, url, events)
                     best[system] = max(best.get(system, 0.0), rate)
                     print(
-                        f"{system:<14} {config.label():<40} {events:>8,} {rate:>9,.0f}",
+                        f"{system:<14} {config.label():<44} {events:>8,} {rate:>9,.0f}",
                         flush=True,
                     )
     print()

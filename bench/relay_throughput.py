@@ -5,9 +5,10 @@ generate_series), vacuumed, then emptied twice over:
 
 * ceiling: ``Store.claim`` and ``Store.settle`` (the relay's statements, marking every row
   ``done`` with the settlement the relay writes for one successful sink) in a tight loop on
-  one connection, nothing else;
+  one connection, nothing else; with ``--claim-mode lock``, ``Store.claim_locked`` and
+  ``Store.settle_locked`` in one transaction per batch, as the relay runs them in that mode;
 * relay: ``outbox.relay.Relay`` with one in-process no-op sink subscribed to ``#``,
-  ``run(drain=True)``.
+  ``run(drain=True)``, in the claim mode asked for.
 
 Both figures are events per second; the ratio says how much the relay costs on top of its
 SQL. Starts an embedded PostgreSQL in a temporary directory unless ``--database-url`` names a
@@ -20,6 +21,7 @@ shared machine) to what is compared, the relay's own cost.
     python bench/relay_throughput.py [--database-url URL] [--events 20000]
         [--batch-sizes 1,10,100,1000] [--small-batch-events 3000] [--keys 0]
         [--synchronous-commit off] [--repeat 1] [--profile BATCH_SIZE]
+        [--claim-mode lease|lock]
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from collections.abc import Sequence
 import _common
 import psycopg
 
-from outbox.relay import Relay, RelayOptions
+from outbox.relay import CLAIM_MODES, ClaimMode, Relay, RelayOptions
 from outbox.retry import DELIVERED, Settlement
 from outbox.routing import Subscription
-from outbox.store import Store
+from outbox.store import Connection, Store
 
 SINK = "noop"
 
@@ -81,18 +83,32 @@ def _server_version(url: str) -> str:
 # -- the two measurements -----------------------------------------------------------------
 
 
-async def _ceiling(url: str, batch_size: int) -> float:
+async def _ceiling(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
     """Seconds to claim and settle every row with the relay's statements and nothing else."""
     store = Store()
+    batch = _locked_batch if claim_mode == "lock" else _leased_batch
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
-        while True:
-            claim = await store.claim(conn, limit=batch_size, relay="bench", lease_seconds=60)
-            if not claim.rows:
-                break
-            done = _done_settlement(claim.now)
-            await store.settle(conn, [(row, done) for row in claim.rows])
+        while await batch(store, conn, batch_size):
+            pass
         return time.perf_counter() - started
+
+
+async def _leased_batch(store: Store, conn: Connection, batch_size: int) -> int:
+    claim = await store.claim(conn, limit=batch_size, relay="bench", lease_seconds=60)
+    if claim.rows:
+        done = _done_settlement(claim.now)
+        await store.settle(conn, [(row, done) for row in claim.rows])
+    return len(claim.rows)
+
+
+async def _locked_batch(store: Store, conn: Connection, batch_size: int) -> int:
+    async with conn.transaction():
+        claim = await store.claim_locked(conn, limit=batch_size)
+        if claim.rows:
+            done = _done_settlement(claim.now)
+            await store.settle_locked(conn, [(row, done) for row in claim.rows])
+    return len(claim.rows)
 
 
 def _done_settlement(now: dt.datetime) -> Settlement:
@@ -101,23 +117,25 @@ def _done_settlement(now: dt.datetime) -> Settlement:
     return Settlement("done", None, {SINK: {**state, "last_error": None}}, [], None)
 
 
-async def _relay(url: str, batch_size: int) -> float:
+async def _relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
     """Seconds for a relay with a no-op sink to drain the table."""
     relay = Relay(
         url,
         {SINK: _common.NoopSink()},
         [Subscription(("#",), (SINK,))],
-        RelayOptions(batch_size=batch_size, name="bench"),
+        RelayOptions(batch_size=batch_size, name="bench", claim_mode=claim_mode),
     )
     started = time.perf_counter()
     await relay.run(drain=True)
     return time.perf_counter() - started
 
 
-def _measure(url: str, batch_size: int, events: int, keys: int, which: str) -> float:
+def _measure(
+    url: str, batch_size: int, events: int, keys: int, which: str, claim_mode: ClaimMode
+) -> float:
     _fill(url, events, keys)
     runner = _ceiling if which == "ceiling" else _relay
-    seconds = asyncio.run(runner(url, batch_size))
+    seconds = asyncio.run(runner(url, batch_size, claim_mode))
     done = _count_done(url)
     if done != events:
         raise SystemExit(f"{which} at batch {batch_size}: {done} of {events} events done")
@@ -127,19 +145,23 @@ def _measure(url: str, batch_size: int, events: int, keys: int, which: str) -> f
 def _best_of(args: argparse.Namespace, url: str, size: int, events: int) -> tuple[float, float]:
     """The best of ``--repeat`` runs of each, alternating so both see the same machine."""
     ceiling = relay = 0.0
+    mode = args.claim_mode
     for _ in range(args.repeat):
-        ceiling = max(ceiling, _measure(url, size, events, args.keys, "ceiling"))
-        relay = max(relay, _measure(url, size, events, args.keys, "relay"))
+        ceiling = max(ceiling, _measure(url, size, events, args.keys, "ceiling", mode))
+        relay = max(relay, _measure(url, size, events, args.keys, "relay", mode))
     return ceiling, relay
 
 
-def _profile(url: str, batch_size: int, events: int, keys: int) -> None:
+def _profile(url: str, batch_size: int, events: int, keys: int, claim_mode: ClaimMode) -> None:
     _fill(url, events, keys)
     profiler = cProfile.Profile()
     profiler.enable()
-    asyncio.run(_relay(url, batch_size))
+    asyncio.run(_relay(url, batch_size, claim_mode))
     profiler.disable()
-    print(f"\nprofile of the relay at batch {batch_size} ({events} events), by own time:")
+    print(
+        f"\nprofile of the relay at batch {batch_size} ({events} events, claim mode "
+        f"{claim_mode}), by own time:"
+    )
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
@@ -161,6 +183,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--synchronous-commit", choices=["on", "off"], default="off")
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure; best is kept")
     parser.add_argument("--profile", type=int, metavar="BATCH_SIZE", help="cProfile the relay")
+    parser.add_argument(
+        "--claim-mode", choices=CLAIM_MODES, default="lease", help="the relay's claim mode"
+    )
     return parser.parse_args(argv)
 
 
@@ -175,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"PostgreSQL {_server_version(url)} ({'given' if args.database_url else 'embedded'}"
             f", synchronous_commit={args.synchronous_commit}), Python "
             f"{platform.python_version()}, {os.cpu_count()} CPUs, keys: {args.keys or 'none'}, "
-            f"best of {args.repeat}"
+            f"claim mode {args.claim_mode}, best of {args.repeat}"
         )
         print(f"{'batch':>6} {'events':>7} {'ceiling ev/s':>13} {'relay ev/s':>11} {'ratio':>6}")
         for size in sizes:
@@ -185,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{size:>6} {events:>7} {ceiling:>13,.0f} {relay:>11,.0f} {relay / ceiling:>6.0%}"
             )
         if args.profile:
-            _profile(url, args.profile, args.events, args.keys)
+            _profile(url, args.profile, args.events, args.keys, args.claim_mode)
     print(f"\nreproduce (from the repository root): {_command(args)}")
 
 
@@ -196,7 +221,7 @@ def _command(args: argparse.Namespace) -> str:
     command += ["--events", str(args.events), "--small-batch-events", str(args.small_batch_events)]
     command += ["--batch-sizes", args.batch_sizes, "--keys", str(args.keys)]
     command += ["--synchronous-commit", args.synchronous_commit]
-    command += ["--repeat", str(args.repeat)]
+    command += ["--repeat", str(args.repeat), "--claim-mode", args.claim_mode]
     if args.profile:
         command += ["--profile", str(args.profile)]
     return shlex.join(command)

@@ -137,6 +137,7 @@ def build_relay(
         retention_seconds=relay_settings.retention_seconds,
         retention_batch=relay_settings.retention_batch,
         maintenance_interval=relay_settings.maintenance_interval,
+        claim_mode=relay_settings.claim_mode,
     )
     return Relay(url, sinks, settings.subscription_list(), options, observer=observer)
 

@@ -4,6 +4,11 @@ Any number of relays may run against one table; they share work through
 ``FOR UPDATE SKIP LOCKED`` and need nothing else. A relay wakes on NOTIFY (with a poll
 interval as the fallback, or polls only), recovers rows whose lease expired, deletes old
 ``done`` rows, and rides out database restarts by reconnecting with backoff.
+
+Two claim modes share one table. ``lease`` (the default): a claim commits the rows as
+``processing`` under a lease, sinks are called outside any transaction, and a settle writes
+the result. ``lock``: one transaction per batch, whose row locks are the lease, and a single
+write per event at settle (docs/decisions/0007-claim-mode-lock.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import psycopg
 
@@ -45,6 +51,9 @@ _FIRST_RECHECK = 0.01
 _SETTLE_RETRIES = 4
 _RECONNECT_CAP = 10.0
 
+ClaimMode = Literal["lease", "lock"]
+CLAIM_MODES: tuple[ClaimMode, ...] = ("lease", "lock")
+
 
 @dataclasses.dataclass(frozen=True)
 class RelayOptions:
@@ -63,10 +72,16 @@ class RelayOptions:
     retention_batch: int = 1000
     maintenance_interval: float = 5.0
     name: str = ""
+    claim_mode: ClaimMode = "lease"
+    """``"lease"``: a claim marks rows ``processing`` under a lease and commits; the settle
+    is a second write. ``"lock"``: a batch is one transaction, its row locks the lease, one
+    write per event; for sinks that answer in milliseconds (docs/decisions/0007)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
             raise ValueError("batch_size and concurrency must be at least 1")
+        if self.claim_mode not in CLAIM_MODES:
+            raise ValueError(f"claim_mode must be one of {', '.join(CLAIM_MODES)}")
         if not 0 < self.delivery_timeout < self.lease_seconds:
             raise ValueError("delivery_timeout must be positive and shorter than lease_seconds")
         if self.poll_interval <= 0:
@@ -87,6 +102,7 @@ class RelayStats:
 
 
 _Deliveries = dict[str, list[tuple[ClaimedRow, Event]]]
+_Settled = tuple[list[tuple[ClaimedRow, Settlement]], set[int]]
 
 
 class RelayObserver:
@@ -242,6 +258,8 @@ class Relay:
             await _close_quietly(conn)
 
     async def _run_batch(self, conn: Connection) -> int:
+        if self.options.claim_mode == "lock":
+            return await self._run_locked_batch(conn)
         claim = await self._store.claim(
             conn,
             limit=self.options.batch_size,
@@ -250,10 +268,7 @@ class Relay:
         )
         if not claim.rows:
             return 0
-        self.stats.batches += 1
-        self.stats.claimed += len(claim.rows)
-        self.observer.claimed(len(claim.rows))
-        logger.debug("claimed %d events", len(claim.rows), extra={"relay": self.name})
+        self._claimed(claim)
         started = time.monotonic()
         outcomes: dict[int, dict[str, Outcome]] = {row.id: {} for row in claim.rows}
         direct, in_transaction = self._plan(claim, outcomes)
@@ -266,11 +281,56 @@ class Relay:
             # The sink's writes and the settle commit together: exactly once for that sink.
             async with conn.transaction():
                 await self._deliver_in_transaction(conn, in_transaction, outcomes)
-                await self._settle(conn, claim, outcomes, started, may_reconnect=False)
+                settled = await self._settle(conn, claim, outcomes, started, may_reconnect=False)
         else:
-            await self._settle(conn, claim, outcomes, started, may_reconnect=True)
+            settled = await self._settle(conn, claim, outcomes, started, may_reconnect=True)
+        self._report(settled, outcomes)
         self._wake.set()  # a settled keyed event may unblock the next one of its key
         return len(claim.rows)
+
+    async def _run_locked_batch(self, conn: Connection) -> int:
+        """Claim mode "lock": claim, deliver and settle in one transaction, whose row locks
+        are the lease. A rollback (cancelled, connection lost) hands the rows back with no
+        attempt counted, and what was delivered goes out again: at least once."""
+        claimed = 0
+        try:
+            async with conn.transaction():
+                claim = await self._store.claim_locked(conn, limit=self.options.batch_size)
+                claimed = len(claim.rows)
+                if not claimed:
+                    return 0
+                self._claimed(claim)
+                started = time.monotonic()
+                outcomes: dict[int, dict[str, Outcome]] = {row.id: {} for row in claim.rows}
+                direct, in_transaction = self._plan(claim, outcomes)
+                await self._deliver(direct, outcomes)
+                await self._deliver_in_transaction(conn, in_transaction, outcomes)
+                settled = await self._settle(conn, claim, outcomes, started, may_reconnect=False)
+        except asyncio.CancelledError:
+            if claimed:
+                logger.info("rolled back %d events in flight", claimed, extra={"relay": self.name})
+            raise
+        except psycopg.OperationalError as error:
+            # Not settled on a new connection, unlike lease mode: the locks went with this
+            # one, and another relay may hold the rows by now.
+            if claimed:
+                logger.warning(
+                    "connection lost before a batch of %d events committed (%s): "
+                    "they are pending again and will be delivered again",
+                    claimed,
+                    error,
+                    extra={"relay": self.name},
+                )
+            raise
+        self._report(settled, outcomes)
+        self._wake.set()  # a settled keyed event may unblock the next one of its key
+        return claimed
+
+    def _claimed(self, claim: Claim) -> None:
+        self.stats.batches += 1
+        self.stats.claimed += len(claim.rows)
+        self.observer.claimed(len(claim.rows))
+        logger.debug("claimed %d events", len(claim.rows), extra={"relay": self.name})
 
     def _plan(
         self, claim: Claim, outcomes: dict[int, dict[str, Outcome]]
@@ -386,9 +446,12 @@ class Relay:
         started: float,
         *,
         may_reconnect: bool,
-    ) -> None:
+    ) -> _Settled:
+        """Write the batch's results back; return them, and which rows took them."""
         now = claim.now + dt.timedelta(seconds=time.monotonic() - started)
         settled = [(row, self._settlement(row, outcomes[row.id], now)) for row in claim.rows]
+        if self.options.claim_mode == "lock":
+            return settled, await self._store.settle_locked(conn, settled)
         try:
             kept = await self._store.settle(conn, settled)
         except psycopg.OperationalError:
@@ -397,7 +460,12 @@ class Relay:
             # The deliveries happened: write them back on a new connection rather than let
             # the leases expire and the events go out again.
             kept = await self._settle_on_new_connection(settled)
-        for row, settlement in settled:
+        return settled, kept
+
+    def _report(self, settled: _Settled, outcomes: dict[int, dict[str, Outcome]]) -> None:
+        """Count and log a committed settle."""
+        rows, kept = settled
+        for row, settlement in rows:
             if row.id not in kept:
                 self.stats.leases_lost += 1
                 self.observer.lease_lost()

@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -79,6 +79,7 @@ class RelaySettings(BaseModel):
     retention_seconds: float = Field(7 * 24 * 3600.0, ge=0)
     retention_batch: int = Field(1000, ge=1)
     maintenance_interval: float = Field(5.0, gt=0)
+    claim_mode: Literal["lease", "lock"] = "lease"
 
     @field_validator("channel")
     @classmethod

@@ -22,25 +22,31 @@ from outbox.retry import Settlement
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
-# Claim a batch: pending and due, oldest first (outbox_events_pending_idx). A keyed row is
-# claimable only if no earlier row of its key is unfinished (outbox_events_key_idx) and its
-# inserting transaction is older than every running one, so a lower id that commits later
-# is never overtaken. Each row gets its own lease token.
-_CLAIM = """
-WITH due AS (
-    SELECT e.id
-    FROM {table} AS e
-    WHERE e.status = 'pending'
-      AND e.process_at <= now()
-      AND (e.key IS NULL OR (
-            e.txid < pg_snapshot_xmin(pg_current_snapshot())
-            AND NOT EXISTS (
-                SELECT 1 FROM {table} AS earlier
-                WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
-    ORDER BY e.process_at, e.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
+# The due rows a claim takes: pending and due, oldest first (outbox_events_pending_idx). A
+# keyed row is claimable only if no earlier row of its key is unfinished
+# (outbox_events_key_idx) and its inserting transaction is older than every running one, so
+# a lower id that commits later is never overtaken. Rows another relay has locked are skipped.
+# Shared by both claims below, so that the two claim modes take exactly the same rows.
+_DUE = """
+FROM {table} AS e
+WHERE e.status = 'pending'
+  AND e.process_at <= now()
+  AND (e.key IS NULL OR (
+        e.txid < pg_snapshot_xmin(pg_current_snapshot())
+        AND NOT EXISTS (
+            SELECT 1 FROM {table} AS earlier
+            WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
+ORDER BY e.process_at, e.id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+# Claim a batch with a lease (claim_mode "lease"): the due rows become `processing`, each
+# with its own lease token; the statement commits on its own. Primary key for the update.
+_CLAIM = (
+    "WITH due AS (SELECT e.id"
+    + _DUE
+    + """)
 UPDATE {table} AS e
 SET status = 'processing',
     attempts = e.attempts + 1,
@@ -53,6 +59,18 @@ RETURNING e.id, e.topic, e.key, e.payload, NULLIF(e.headers, '{{}}'::jsonb), e.a
           NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
           e.created_at, e.lease_token, now()
 """
+)
+
+# Claim a batch under row locks (claim_mode "lock"): the due rows, read and locked inside
+# the batch's transaction, nothing written. The lock is the lease: it ends with the
+# transaction, and a rollback hands the rows back as they were. This delivery is an attempt,
+# counted when it settles: reported here as the stored attempts + 1.
+_CLAIM_LOCKED = (
+    """SELECT e.id, e.topic, e.key, e.payload, NULLIF(e.headers, '{{}}'::jsonb),
+       e.attempts + 1, NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
+       e.created_at, NULL::uuid, now()"""
+    + _DUE
+)
 
 # Settle a batch in one statement. The compare-and-set on lease token means a relay whose
 # lease expired (and whose rows another relay reclaimed) changes nothing. Primary key.
@@ -71,6 +89,48 @@ FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, token uuid, status text, process_at timestamptz,
     deliveries jsonb, errors jsonb, last_error text)
 WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
+RETURNING e.id
+"""
+
+# Settle a batch claimed under row locks, in the transaction that holds them: the lock
+# guarantees ownership, so no lease token is compared; the attempt is counted here. The
+# settle's own start time for done_at, not now(): the transaction began at the claim.
+# Primary key.
+_SETTLE_LOCKED = """
+UPDATE {table} AS e
+SET status = s.status,
+    attempts = e.attempts + 1,
+    process_at = COALESCE(s.process_at, e.process_at),
+    deliveries = s.deliveries,
+    errors = s.errors,
+    last_error = s.last_error,
+    done_at = CASE WHEN s.status IN ('done', 'failed') THEN statement_timestamp() END,
+    locked_by = NULL,
+    locked_until = NULL,
+    lease_token = NULL
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
+    id bigint, status text, process_at timestamptz,
+    deliveries jsonb, errors jsonb, last_error text)
+WHERE e.id = s.id AND e.status = 'pending'
+RETURNING e.id
+"""
+
+# The same, when every row of the batch settles alike (the common case: each sink delivered
+# on the first try): an id array and one set of values, no per-row document to build and
+# take apart. Primary key.
+_SETTLE_LOCKED_ALIKE = """
+UPDATE {table} AS e
+SET status = %(status)s,
+    attempts = e.attempts + 1,
+    process_at = COALESCE(%(process_at)s, e.process_at),
+    deliveries = CAST(%(deliveries)s AS jsonb),
+    errors = CAST(%(errors)s AS jsonb),
+    last_error = %(last_error)s,
+    done_at = CASE WHEN %(finished)s THEN statement_timestamp() END,
+    locked_by = NULL,
+    locked_until = NULL,
+    lease_token = NULL
+WHERE e.id = ANY(CAST(%(ids)s AS bigint[])) AND e.status = 'pending'
 RETURNING e.id
 """
 
@@ -172,7 +232,8 @@ class ClaimedRow:
     deliveries: dict[str, dict[str, Any]]
     errors: list[dict[str, Any]]
     created_at: dt.datetime
-    lease_token: uuid.UUID
+    lease_token: uuid.UUID | None
+    """None for a row claimed under a row lock (claim mode "lock")."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -194,6 +255,9 @@ class Store:
 
         self._claim = render(_CLAIM)
         self._settle = render(_SETTLE)
+        self._claim_locked = render(_CLAIM_LOCKED)
+        self._settle_locked = render(_SETTLE_LOCKED)
+        self._settle_locked_alike = render(_SETTLE_LOCKED_ALIKE)
         self._release = render(_RELEASE)
         self._recover = render(_RECOVER)
         self._purge_done = render(_PURGE_DONE)
@@ -210,22 +274,12 @@ class Store:
         cursor = await conn.execute(
             self._claim, {"limit": limit, "relay": relay, "lease": lease_seconds}
         )
-        records = await cursor.fetchall()
-        if not records:
-            return Claim([], dt.datetime.now(dt.UTC))
-        now = records[0][10]
-        # Empty jsonb comes back as NULL: most rows have no headers, deliveries or errors
-        # yet, and not decoding them is a measurable share of the relay's time.
-        rows = [
-            ClaimedRow(
-                id, topic, key, payload, headers or {}, attempts, deliveries or {},
-                errors or [], created_at, lease_token,
-            )
-            for (id, topic, key, payload, headers, attempts, deliveries, errors,
-                 created_at, lease_token, _) in records
-        ]  # fmt: skip
-        rows.sort(key=lambda row: row.id)
-        return Claim(rows, now)
+        return _claim_of(await cursor.fetchall())
+
+    async def claim_locked(self, conn: Connection, *, limit: int) -> Claim:
+        """Lock a batch of due rows; call inside the transaction that will settle them."""
+        cursor = await conn.execute(self._claim_locked, {"limit": limit})
+        return _claim_of(await cursor.fetchall())
 
     async def settle(
         self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
@@ -233,6 +287,32 @@ class Store:
         """Write back a batch; return the ids whose lease still held."""
         payload = json.dumps([_settle_row(row, outcome) for row, outcome in settled])
         cursor = await conn.execute(self._settle, {"rows": payload})
+        return {record[0] for record in await cursor.fetchall()}
+
+    async def settle_locked(
+        self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
+    ) -> set[int]:
+        """Write back a batch from :meth:`claim_locked`, in the transaction holding its locks;
+        return the ids written."""
+        if not settled:
+            return set()
+        first = settled[0][1]
+        if all(settlement == first for _, settlement in settled):
+            cursor = await conn.execute(
+                self._settle_locked_alike,
+                {
+                    "ids": [row.id for row, _ in settled],
+                    "status": first.status,
+                    "process_at": first.process_at,
+                    "deliveries": json.dumps(first.deliveries),
+                    "errors": json.dumps(first.errors),
+                    "last_error": first.last_error,
+                    "finished": first.status in ("done", "failed"),
+                },
+            )
+        else:
+            payload = json.dumps([_settle_row(row, outcome) for row, outcome in settled])
+            cursor = await conn.execute(self._settle_locked, {"rows": payload})
         return {record[0] for record in await cursor.fetchall()}
 
     async def release(self, conn: Connection, rows: Sequence[ClaimedRow]) -> None:
@@ -285,10 +365,28 @@ class Store:
         return cursor.rowcount > 0
 
 
+def _claim_of(records: list[TupleRow]) -> Claim:
+    if not records:
+        return Claim([], dt.datetime.now(dt.UTC))
+    now = records[0][10]
+    # Empty jsonb comes back as NULL: most rows have no headers, deliveries or errors
+    # yet, and not decoding them is a measurable share of the relay's time.
+    rows = [
+        ClaimedRow(
+            id, topic, key, payload, headers or {}, attempts, deliveries or {},
+            errors or [], created_at, lease_token,
+        )
+        for (id, topic, key, payload, headers, attempts, deliveries, errors,
+             created_at, lease_token, _) in records
+    ]  # fmt: skip
+    rows.sort(key=lambda row: row.id)
+    return Claim(rows, now)
+
+
 def _settle_row(row: ClaimedRow, settlement: Settlement) -> dict[str, Any]:
     return {
         "id": row.id,
-        "token": str(row.lease_token),
+        "token": None if row.lease_token is None else str(row.lease_token),
         "status": settlement.status,
         "process_at": settlement.process_at.isoformat() if settlement.process_at else None,
         "deliveries": settlement.deliveries,

@@ -11,9 +11,13 @@ as an error although the sink had the event (a timeout, the sink's own connectio
 The sinks record each event's attempt number, which tells the two apart. A fault-free
 control run must show no duplicates at all.
 
+Both runs are made once per claim mode (``lease``, ``lock``); the lock-mode chaos run is a
+shorter one (one termination round).
+
 Size and seed come from the environment: ``OUTBOX_CHAOS_EVENTS`` (10000), ``_KEYS`` (500),
 ``_RELAYS`` (4), ``_KILLS`` (10), ``_TERMINATE_ROUNDS`` (2), ``_PUBLISH_RATE`` (events/s,
-300), ``_CONTROL_EVENTS`` (2000), ``_SEED`` (random, printed), ``_DEADLINE`` (seconds, 300).
+300), ``_CONTROL_EVENTS`` (2000), ``_SEED`` (random, printed), ``_DEADLINE`` (seconds, 300),
+and for the lock-mode chaos run ``_LOCK_EVENTS`` (3000) and ``_LOCK_KILLS`` (4).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ SUBSCRIPTIONS = (
 TOPICS = ("chaos.order.placed", "chaos.order.paid", "chaos.audit")
 RELAY_CONFIG = """\
 [relay]
+claim_mode = "{claim_mode}"
 batch_size = 100
 lease_seconds = {lease_seconds}
 delivery_timeout = {delivery_timeout}
@@ -94,6 +99,7 @@ class Plan:
     """Events per second the publisher aims for; ``None``: as fast as it can."""
     seed: int
     deadline: float
+    claim_mode: str = "lease"
 
 
 @dataclasses.dataclass
@@ -141,6 +147,7 @@ class Fleet:
         self.database_url = database_url
         self.config = workdir / "outbox.toml"
         self.config.write_text(_config_text(plan), encoding="utf-8")
+        self.claim_mode = plan.claim_mode
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.logs: dict[int, Path] = {}
         self.killed: set[int] = set()
@@ -233,7 +240,9 @@ class Fleet:
 
 def _config_text(plan: Plan) -> str:
     text = RELAY_CONFIG.format(
-        lease_seconds=plan.lease_seconds, delivery_timeout=plan.delivery_timeout
+        claim_mode=plan.claim_mode,
+        lease_seconds=plan.lease_seconds,
+        delivery_timeout=plan.delivery_timeout,
     )
     for name in sorted({sink for sub in SUBSCRIPTIONS for sink in sub.sinks}):
         text += f'\n[sinks.{name}]\ntype = "callable"\ntarget = "chaos_sink:{name}"\n'
@@ -315,8 +324,18 @@ def _progress(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def _busy_relays(conn: psycopg.Connection[Any]) -> dict[int, int]:
-    """Events in flight per relay pid (relay names are ``host:pid:suffix``)."""
+def _busy_relays(conn: psycopg.Connection[Any], fleet: Fleet) -> dict[int, int]:
+    """Work in flight per relay pid. Lease mode: events marked processing (relay names are
+    ``host:pid:suffix``). Lock mode, where nothing is marked: batches, that is relay
+    connections holding a transaction that has locked rows (and so has a transaction id)."""
+    if fleet.claim_mode == "lock":
+        rows = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE 'chaos-relay-%' "
+            "AND backend_xid IS NOT NULL GROUP BY application_name"
+        ).fetchall()
+        pids = {f"chaos-{log.stem}": pid for pid, log in fleet.logs.items()}
+        return {pids[name]: int(count) for name, count in rows if name in pids}
     rows = conn.execute(
         "SELECT locked_by, count(*) FROM outbox_events WHERE status = 'processing' "
         "GROUP BY locked_by"
@@ -343,7 +362,7 @@ def _kill_one(
     busy: dict[int, int] = {}
     give_up = time.monotonic() + 1.0
     while not busy and time.monotonic() < give_up:
-        busy = {pid: n for pid, n in _busy_relays(conn).items() if pid in alive}
+        busy = {pid: n for pid, n in _busy_relays(conn, fleet).items() if pid in alive}
         time.sleep(0 if busy else 0.01)
     victim = rng.choice(sorted(busy or alive))
     fleet.kill(victim)
@@ -585,35 +604,47 @@ def _say(capsys: pytest.CaptureFixture[str], title: str, text: str) -> None:
         print(f"\n[{title}] {text}")
 
 
-@pytest.mark.timeout(900)
-def test_relays_lose_nothing_and_keep_key_order_through_kills_and_lost_connections(
-    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    plan = Plan(
-        events=_env_int("EVENTS", 10_000),
+def _chaos_plan(claim_mode: str) -> Plan:
+    # The lock-mode round is shorter: it runs beside the full lease-mode one, and what it adds
+    # (rows that nothing marks, freed at a kill) shows in fewer events.
+    lock = claim_mode == "lock"
+    return Plan(
+        events=_env_int("LOCK_EVENTS", 3_000) if lock else _env_int("EVENTS", 10_000),
         keys=_env_int("KEYS", 500),
         relays=_env_int("RELAYS", 4),
-        kills=_env_int("KILLS", 10),
-        terminate_rounds=_env_int("TERMINATE_ROUNDS", 2),
+        kills=_env_int("LOCK_KILLS", 4) if lock else _env_int("KILLS", 10),
+        terminate_rounds=1 if lock else _env_int("TERMINATE_ROUNDS", 2),
         failure_rate=0.2,
         lease_seconds=2.0,
         delivery_timeout=1.0,
         publish_rate=float(_env_int("PUBLISH_RATE", 300)),
         seed=_env_int("SEED", random.randrange(1_000_000)),
         deadline=float(_env_int("DEADLINE", 300)),
+        claim_mode=claim_mode,
     )
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("claim_mode", ["lease", "lock"])
+def test_relays_lose_nothing_and_keep_key_order_through_kills_and_lost_connections(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], claim_mode: str
+) -> None:
+    plan = _chaos_plan(claim_mode)
     report, chaos = _run(plan, database_url, tmp_path)
 
     assert len(chaos.kills) == plan.kills
     assert plan.kills == 0 or sum(chaos.in_flight_at_kill) > 0, "no kill caught work in flight"
     assert len(chaos.terminations) == plan.terminate_rounds
     assert all(count > 0 for count, _ in chaos.terminations), chaos.terminations
+    if claim_mode == "lock":
+        assert report.expired_leases == 0, "lock mode wrote a lease"
+    in_flight = "batches" if claim_mode == "lock" else "events"
     _say(
         capsys,
-        "chaos",
+        f"chaos, {claim_mode}",
         f"seed={plan.seed} events={plan.events} keys={plan.keys} relays={plan.relays}: "
-        f"drained in {report.seconds:.1f}s; {len(chaos.kills)} SIGKILLs (events in flight: "
-        f"{chaos.in_flight_at_kill}); connections terminated per round: "
+        f"drained in {report.seconds:.1f}s; {len(chaos.kills)} SIGKILLs ({in_flight} in "
+        f"flight: {chaos.in_flight_at_kill}); connections terminated per round: "
         f"{[count for count, _ in chaos.terminations]}; {report.deliveries} deliveries, "
         f"{report.duplicates} duplicates ({dict(report.causes)}), "
         f"{report.late_duplicates} after a later event of their key; "
@@ -622,8 +653,9 @@ def test_relays_lose_nothing_and_keep_key_order_through_kills_and_lost_connectio
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("claim_mode", ["lease", "lock"])
 def test_fault_free_relays_deliver_every_event_exactly_once_in_key_order(
-    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], claim_mode: str
 ) -> None:
     plan = Plan(
         events=_env_int("CONTROL_EVENTS", 2_000),
@@ -639,6 +671,7 @@ def test_fault_free_relays_deliver_every_event_exactly_once_in_key_order(
         publish_rate=None,
         seed=_env_int("SEED", random.randrange(1_000_000)),
         deadline=float(_env_int("DEADLINE", 300)),
+        claim_mode=claim_mode,
     )
     report, _ = _run(plan, database_url, tmp_path)
 
@@ -646,7 +679,7 @@ def test_fault_free_relays_deliver_every_event_exactly_once_in_key_order(
     assert report.expired_leases == 0
     _say(
         capsys,
-        "control",
+        f"control, {claim_mode}",
         f"seed={plan.seed} events={plan.events} relays={plan.relays}: drained in "
         f"{report.seconds:.1f}s; {report.deliveries} deliveries, 0 duplicates",
     )

@@ -23,6 +23,7 @@ from psycopg.rows import DictRow, dict_row
 
 import outbox
 from outbox.exceptions import PermanentError, RetryableError
+from outbox.postgres_sink import PostgresOptions, PostgresSink
 from outbox.relay import Relay, RelayOptions, RelayStats
 from outbox.retry import RetryPolicy
 from outbox.routing import Subscription
@@ -577,7 +578,10 @@ async def test_stop_lets_the_batch_in_flight_finish(database_url: str, db: Db) -
     assert sorted(sink.ids()) == ids
 
 
-async def test_the_relay_rides_out_killed_connections(database_url: str, db: Db) -> None:
+@pytest.mark.parametrize("claim_mode", ["lease", "lock"])
+async def test_the_relay_rides_out_killed_connections(
+    database_url: str, db: Db, claim_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     killed = asyncio.Event()
 
     async def kill_relay_connections() -> None:
@@ -603,6 +607,7 @@ async def test_the_relay_rides_out_killed_connections(database_url: str, db: Db)
         batch_size=3,
         lease_seconds=1.0,
         delivery_timeout=0.5,
+        claim_mode=claim_mode,
     )
     ids = [await publish(database_url, "order.paid", {"n": n}) for n in range(12)]
     async with running(relay) as run:
@@ -612,6 +617,240 @@ async def test_the_relay_rides_out_killed_connections(database_url: str, db: Db)
         await run.until(_listening(relay), "the listener to be back")
     assert await nothing_in(db, "pending", "processing")()
     assert set(sink.ids()) == set(ids)
+    if claim_mode == "lock":
+        # The killed batch could not commit: its events went out again, nothing settled it
+        # on another connection.
+        assert "will be delivered again" in caplog.text
+        assert len(sink.ids()) > len(ids)
+
+
+# -- claim mode "lock": one transaction per batch, the row lock as the lease ------------------
+
+# Every UPDATE of an outbox row, in order, with the status it wrote: the row versions a
+# claim mode costs, and proof that no `processing` status was ever written.
+STATUS_LOG = """
+CREATE TABLE status_log (seq bigserial PRIMARY KEY, id bigint NOT NULL, status text NOT NULL);
+CREATE FUNCTION log_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO status_log (id, status) VALUES (NEW.id, NEW.status);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER log_status AFTER UPDATE ON outbox_events
+    FOR EACH ROW EXECUTE FUNCTION log_status();
+"""
+
+
+async def status_writes(db: Db) -> dict[int, list[str]]:
+    cursor = await db.execute("SELECT id, status FROM status_log ORDER BY seq")
+    writes: dict[int, list[str]] = {}
+    for found in await cursor.fetchall():
+        writes.setdefault(found["id"], []).append(found["status"])
+    return writes
+
+
+async def publish_together(
+    url: str, payloads: Sequence[dict[str, Any]], **kwargs: Any
+) -> list[int]:
+    """Publish events in one transaction (so that one claim can take them all)."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        events = [await outbox.publish(conn, "order.paid", p, **kwargs) for p in payloads]
+    return [event.id for event in events if event.id is not None]
+
+
+async def test_lock_mode_delivers_and_settles_with_one_write_per_event(
+    database_url: str, db: Db
+) -> None:
+    await db.execute(STATUS_LOG)
+    first, second = Recorder(), Recorder()
+    relay = relay_for(database_url, {"first": first, "second": second}, claim_mode="lock")
+    ids = [await publish(database_url, "order.paid", {"n": n}) for n in range(3)]
+    async with running(relay) as run:
+        await run.until(status_is(db, "done", *ids), "the events to be done")
+
+    assert sorted(first.ids()) == sorted(second.ids()) == ids
+    current = await rows(db)
+    for event_id in ids:
+        done = current[event_id]
+        assert done["attempts"] == 1
+        sinks = {
+            name: (state["status"], state["attempts"]) for name, state in done["deliveries"].items()
+        }
+        assert sinks == {"first": ("delivered", 1), "second": ("delivered", 1)}
+        assert done["errors"] == []
+        assert done["last_error"] is None
+        assert done["done_at"] is not None
+        assert (done["locked_by"], done["locked_until"], done["lease_token"]) == (None, None, None)
+    assert await status_writes(db) == {event_id: ["done"] for event_id in ids}
+    assert relay.stats.done == 3
+
+
+async def test_lock_mode_commits_a_postgres_sink_with_the_settle(database_url: str, db: Db) -> None:
+    audit = PostgresSink(PostgresOptions.model_validate({"schema": "audit", "table": "events"}))
+    cache = Recorder()
+    ids = await publish_together(database_url, [{"n": n} for n in range(4)])
+    relay = relay_for(database_url, {"audit": audit, "cache": cache}, claim_mode="lock")
+    await asyncio.wait_for(relay.run(drain=True), DEADLINE)
+
+    current = await rows(db)
+    assert [current[i]["status"] for i in ids] == ["done"] * 4
+    assert [current[i]["attempts"] for i in ids] == [1] * 4
+    assert all(current[i]["deliveries"]["audit"]["status"] == "delivered" for i in ids)
+    cursor = await db.execute("SELECT event_id FROM audit.events ORDER BY event_id")
+    assert [found["event_id"] for found in await cursor.fetchall()] == ids
+    assert sorted(cache.ids()) == ids
+
+
+async def test_lock_mode_schedules_a_retry_as_lease_mode_does(database_url: str, db: Db) -> None:
+    """The same events settled by a relay in each mode leave the same rows: a batch whose
+    events settle differently (one retried, one done), then a retried event alone."""
+    hour = dataclasses.replace(FAST_RETRY, base_seconds=3600.0, cap_seconds=3600.0)
+
+    def fail(event: Event) -> BaseException | None:
+        return RetryableError("flaky is down") if event.payload["fail"] else None
+
+    settled: dict[str, list[dict[str, Any]]] = {}
+    for mode in ("lease", "lock"):
+        flaky, steady = Recorder(fail), Recorder()
+        relay = relay_for(
+            database_url, {"flaky": flaky, "steady": steady}, retry=hour, claim_mode=mode
+        )
+        ids = await publish_together(database_url, [{"fail": True}, {"fail": False}])
+        async with running(relay) as run:
+            await run.until(_stat(relay, "retried", 1), "the failed event to be rescheduled")
+            ids += await publish_together(database_url, [{"fail": True}])
+            await run.until(_stat(relay, "retried", 2), "the lone event to be rescheduled")
+        current = await rows(db)
+        settled[mode] = [_settled_state(current[event_id]) for event_id in ids]
+        assert relay.stats.done == 1
+
+    assert settled["lock"] == settled["lease"]
+    retried, done, alone = settled["lock"]
+    assert retried == alone
+    assert retried["status"] == "pending"
+    assert retried["attempts"] == 1
+    assert retried["retry_in"] == 3600.0
+    assert retried["deliveries"] == {
+        "flaky": {
+            "attempts": 1,
+            "status": "retrying",
+            "last_error": "RetryableError: flaky is down",
+        },
+        "steady": {"attempts": 1, "status": "delivered", "last_error": None},
+    }
+    assert retried["errors"] == [
+        {"sink": "flaky", "attempt": 1, "error": "RetryableError: flaky is down"}
+    ]
+    assert (done["status"], done["attempts"], done["finished"]) == ("done", 1, True)
+
+
+def _settled_state(found: DictRow) -> dict[str, Any]:
+    """What a settle wrote, without its timestamps; ``retry_in``: seconds from the settle
+    to the next attempt."""
+    errors = found["errors"]
+    retry_in = None
+    if found["status"] == "pending":
+        retry_in = (
+            found["process_at"] - dt.datetime.fromisoformat(errors[-1]["at"])
+        ).total_seconds()
+    return {
+        "status": found["status"],
+        "attempts": found["attempts"],
+        "retry_in": retry_in,
+        "deliveries": {
+            name: {k: v for k, v in state.items() if k not in ("delivered_at", "not_before")}
+            for name, state in found["deliveries"].items()
+        },
+        "errors": [{k: v for k, v in error.items() if k != "at"} for error in errors],
+        "last_error": found["last_error"],
+        "finished": found["done_at"] is not None,
+        "claim": (found["locked_by"], found["locked_until"], found["lease_token"]),
+    }
+
+
+async def test_lock_mode_keeps_key_order_across_relays(database_url: str, db: Db) -> None:
+    sink = Recorder(delay=0.002)
+    keys = [f"k{n}" for n in range(5)]
+    expected: dict[str, list[int]] = {key: [] for key in keys}
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        for n in range(60):
+            event = await outbox.publish(conn, "order.paid", {"n": n}, key=keys[n % 5])
+            assert event.id is not None
+            expected[keys[n % 5]].append(event.id)
+    relays = [
+        relay_for(
+            database_url, {"sink": sink}, claim_mode="lock", concurrency=2, batch_size=3,
+            name=f"relay-{n}",
+        )
+        for n in range(2)
+    ]  # fmt: skip
+    every = [event_id for ids in expected.values() for event_id in ids]
+    async with running(relays[0]) as run, running(relays[1]):
+        await run.until(status_is(db, "done", *every), "every event to be done", within=30)
+
+    assert {key: [e.id for _, e in sink.received if e.key == key] for key in keys} == expected
+    assert relays[0].stats.done + relays[1].stats.done == 60
+
+
+async def test_a_lock_mode_batch_in_flight_is_held_by_its_row_locks(
+    database_url: str, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a lock-mode relay delivers, its rows stay `pending` (nothing is written before
+    the settle) and relays of either mode pass them by."""
+    await db.execute(STATUS_LOG)
+    gate = Gate()
+    holder = relay_for(
+        database_url, {"sink": gate}, claim_mode="lock", lease_seconds=30, delivery_timeout=20
+    )
+    ids = [await publish(database_url, "order.paid", {"n": n}) for n in range(3)]
+    other = Recorder()
+    async with running(holder) as run:
+        await run.until(_is_set(gate.entered), "the batch to be mid-delivery")
+        for mode in ("lease", "lock"):
+            rival = relay_for(database_url, {"sink": other}, claim_mode=mode)
+            claims = _count_claims(rival, monkeypatch)
+            async with running(rival) as run_rival:
+                await run_rival.until(_grown(claims, 3), f"a {mode} relay to claim three times")
+            assert set(claims) == {0}, f"a {mode} relay claimed rows held by another"
+        held = await rows(db)
+        assert [held[i]["status"] for i in ids] == ["pending"] * 3
+        assert [held[i]["attempts"] for i in ids] == [0] * 3
+        assert await status_writes(db) == {}
+        gate.release.set()
+        await run.until(status_is(db, "done", *ids), "the held batch to settle")
+
+    assert other.received == []
+    assert await status_writes(db) == {event_id: ["done"] for event_id in ids}
+    assert [(await row(db, i))["attempts"] for i in ids] == [1] * 3
+
+
+async def test_a_cancelled_lock_mode_batch_is_rolled_back_uncounted(
+    database_url: str, db: Db
+) -> None:
+    await db.execute(STATUS_LOG)
+    gate = Gate()
+    holder = relay_for(
+        database_url, {"sink": gate}, claim_mode="lock", lease_seconds=30, delivery_timeout=20
+    )
+    ids = [await publish(database_url, "order.paid", {"n": n}) for n in range(3)]
+    task = asyncio.create_task(holder.run())
+    await asyncio.wait_for(gate.entered.wait(), DEADLINE)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, DEADLINE)
+
+    assert await status_writes(db) == {}
+    assert [(await row(db, i))["attempts"] for i in ids] == [0] * 3
+    sink = Recorder()
+    relay = relay_for(database_url, {"sink": sink}, claim_mode="lock")
+    await asyncio.wait_for(relay.run(drain=True), DEADLINE)
+    assert sink.ids() == ids
+    assert [(await row(db, i))["attempts"] for i in ids] == [1] * 3
+
+
+def test_relay_options_refuse_an_unknown_claim_mode() -> None:
+    with pytest.raises(ValueError, match="claim_mode"):
+        RelayOptions(claim_mode="queue")  # type: ignore[arg-type]
 
 
 def test_subscriptions_must_name_existing_sinks(database_url: str) -> None:
@@ -636,6 +875,25 @@ def _listening(relay: Relay) -> Callable[[], Awaitable[bool]]:
 
 def _stat(relay: Relay, name: str, value: int) -> Callable[[], Awaitable[bool]]:
     return lambda: _true(getattr(relay.stats, name) == value)
+
+
+def _grown(values: list[int], size: int) -> Callable[[], Awaitable[bool]]:
+    return lambda: _true(len(values) >= size)
+
+
+def _count_claims(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every batch ``relay`` claims from now on."""
+    name = "claim_locked" if relay.options.claim_mode == "lock" else "claim"
+    real = getattr(relay._store, name)
+    sizes: list[int] = []
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        claim = await real(*args, **kwargs)
+        sizes.append(len(claim.rows))
+        return claim
+
+    monkeypatch.setattr(relay._store, name, counted)
+    return sizes
 
 
 async def _listener_pids(db: Db) -> list[int]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from outbox.cli import build_relay
 from outbox.settings import ConfigError, Settings, load_settings
 
 SECRET_URL = "postgresql://app:hunter2-secret@db.example.com/app"
@@ -216,6 +217,31 @@ def test_delivery_timeout_shorter_than_lease(tmp_path: Path) -> None:
     where, message = only_error(path)
     assert where == "relay"
     assert "delivery_timeout" in message
+
+
+def test_claim_mode_lock_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().relay.claim_mode == "lease"
+    path = write(tmp_path, '[relay]\nclaim_mode = "lock"\n')
+    assert load_settings(path).relay.claim_mode == "lock"
+    monkeypatch.setenv("OUTBOX_RELAY__CLAIM_MODE", "lease")
+    assert load_settings(path).relay.claim_mode == "lease"
+
+
+def test_an_unknown_claim_mode_names_the_key(tmp_path: Path) -> None:
+    where, message = only_error(write(tmp_path, '[relay]\nclaim_mode = "locked"\n'))
+    assert where == "relay.claim_mode"
+    assert "'lease'" in message
+    assert "'lock'" in message
+
+
+def test_the_relay_gets_the_claim_mode(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'database_url = "postgresql://app@localhost/app"\n[relay]\nclaim_mode = "lock"\n'
+        '[sinks.a]\ntype = "callable"\ntarget = "os:getcwd"\n'
+        '[[subscriptions]]\ntopics = ["#"]\nsinks = ["a"]\n',
+    )
+    assert build_relay(load_settings(path)).options.claim_mode == "lock"
 
 
 SUBSCRIBED = '[sinks.a]\ntype = "callable"\n'
