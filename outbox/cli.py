@@ -25,7 +25,7 @@ from outbox import admin
 from outbox._logging import configure_logging
 from outbox._urls import libpq_url
 from outbox.exceptions import MigrationError
-from outbox.migrate import DEFAULT_CHANNEL, DEFAULT_SCHEMA, migrate, migration_script
+from outbox.migrate import DEFAULT_SCHEMA, migrate, migration_script
 from outbox.plugins import (
     PluginError,
     build_sinks,
@@ -54,20 +54,17 @@ def main() -> None:
 @click.option(
     "--schema", default=DEFAULT_SCHEMA, show_default=True, help="Schema of the outbox table."
 )
-@click.option(
-    "--channel", default=DEFAULT_CHANNEL, show_default=True, help="LISTEN/NOTIFY channel."
-)
 @click.option("--sql", "print_sql", is_flag=True, help="Print the SQL instead of applying it.")
-def migrate_command(database_url: str | None, schema: str, channel: str, print_sql: bool) -> None:
+def migrate_command(database_url: str | None, schema: str, print_sql: bool) -> None:
     """Create or upgrade the outbox table (safe to run from several processes at once)."""
     if not database_url and not print_sql:
         raise click.UsageError("--database-url (or OUTBOX_DATABASE_URL) is required")
     try:
         if print_sql:
-            click.echo(migration_script(schema=schema, channel=channel), nl=False)
+            click.echo(migration_script(schema=schema), nl=False)
             return
         assert database_url is not None
-        applied = migrate(database_url, schema=schema, channel=channel)
+        applied = migrate(database_url, schema=schema)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     except Exception as error:

@@ -47,9 +47,9 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def _render(migration: Migration, channel: str) -> str:
-    channel_literal = "'" + channel.replace("'", "''") + "'"
-    return migration.sql.replace(":channel", channel_literal)
+def _render(migration: Migration) -> str:
+    # 0001 created a NOTIFY trigger on this channel; 0003 drops it (publishers notify).
+    return migration.sql.replace(":channel", f"'{DEFAULT_CHANNEL}'")
 
 
 def _lock_key(schema: str) -> str:
@@ -78,7 +78,7 @@ def _record(schema: str, migration: Migration) -> sql.Composed:
     )
 
 
-def migration_script(*, schema: str = DEFAULT_SCHEMA, channel: str = DEFAULT_CHANNEL) -> str:
+def migration_script(*, schema: str = DEFAULT_SCHEMA) -> str:
     """The SQL of every migration as one script, for teams that apply migrations themselves."""
     validate_identifier(schema, "schema")
     parts = ["BEGIN;\n", _bootstrap(schema).as_string(None)]
@@ -87,15 +87,13 @@ def migration_script(*, schema: str = DEFAULT_SCHEMA, channel: str = DEFAULT_CHA
     )
     for migration in available_migrations():
         parts.append(f"\n-- {migration.version:04d}_{migration.name}\n")
-        parts.append(_render(migration, channel))
+        parts.append(_render(migration))
         parts.append(_record(schema, migration).as_string(None))
     parts.append("COMMIT;\n")
     return "".join(parts)
 
 
-def migrate(
-    url: str, *, schema: str = DEFAULT_SCHEMA, channel: str = DEFAULT_CHANNEL
-) -> list[Migration]:
+def migrate(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
     """Apply the migrations this database lacks, in one transaction; return those applied.
 
     A transaction-level advisory lock makes concurrent runs safe: the second waits, then finds
@@ -112,7 +110,7 @@ def migrate(
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         for migration in pending:
             try:
-                conn.execute(_render(migration, channel).encode())
+                conn.execute(_render(migration).encode())
             except psycopg.Error as error:
                 raise MigrationError(
                     f"migration {migration.version:04d}_{migration.name} failed: {error}"

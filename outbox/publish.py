@@ -13,7 +13,7 @@ import json
 import json.encoder
 import math
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from outbox._identifiers import validate_identifier
@@ -42,16 +42,25 @@ MAX_DELAY = dt.timedelta(days=1000 * 365)
 @dataclasses.dataclass
 class _Settings:
     schema: str = "public"
+    channel: str = "outbox"
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
 
 _settings = _Settings()
 
 
-def configure(*, schema: str | None = None, max_payload_bytes: int | None = None) -> None:
-    """Set the outbox schema and payload size cap used by :func:`publish` and the session hook."""
+def configure(
+    *,
+    schema: str | None = None,
+    channel: str | None = None,
+    max_payload_bytes: int | None = None,
+) -> None:
+    """Set the outbox schema, the channel that wakes relays (their ``[relay] channel``) and
+    the payload size cap used by :func:`publish` and the session hook."""
     if schema is not None:
         _settings.schema = validate_identifier(schema, "schema")
+    if channel is not None:
+        _settings.channel = validate_identifier(channel, "channel")
     if max_payload_bytes is not None:
         if max_payload_bytes <= 0:
             raise ValueError("max_payload_bytes must be positive")
@@ -154,30 +163,25 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 def _with_trace_context(headers: dict[str, str]) -> dict[str, str]:
     """Add the current OpenTelemetry trace context (``traceparent``, ``tracestate``) when
     OpenTelemetry is installed and a span is active; headers given by the caller win."""
-    inject = _trace_injector()
-    if inject is None or any(name in headers for name in _TRACE_HEADERS):
+    propagation = _trace_propagation()
+    if propagation is None:
         return headers
-    if not _trace_context_active():
-        return headers
+    current_context, inject = propagation
+    if not current_context() or any(name in headers for name in _TRACE_HEADERS):
+        return headers  # an empty context has nothing to propagate
     carrier: dict[str, str] = {}
     inject(carrier)
     return {**carrier, **headers} if carrier else headers
 
 
-def _trace_context_active() -> bool:
-    """Whether the current OpenTelemetry context holds anything to propagate (cheap)."""
-    from opentelemetry import context
-
-    return bool(context.get_current())
-
-
 @functools.cache
-def _trace_injector() -> Any:
+def _trace_propagation() -> tuple[Callable[[], Any], Callable[[dict[str, str]], None]] | None:
+    """OpenTelemetry's current-context getter and injector, if it is installed."""
     try:
-        from opentelemetry import propagate
+        from opentelemetry import context, propagate
     except ImportError:
         return None
-    return propagate.inject
+    return context.get_current, propagate.inject
 
 
 def _check_process_at(process_at: object, delay: object) -> dt.datetime | None:
@@ -218,7 +222,7 @@ def _serialise_payload(payload: Any, topic: str) -> str:
         raise PublishError(f"payload of {topic!r} is nested too deeply") from None
     except ValueError as error:  # for example an int with more digits than str() allows
         raise PublishError(f"payload of {topic!r} cannot be serialised: {error}") from error
-    size = len(text.encode("utf-8"))
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > _settings.max_payload_bytes:
         raise PublishError(
             f"payload of {topic!r} is {size} bytes; the cap is {_settings.max_payload_bytes}"
@@ -292,9 +296,8 @@ def _is_plain_leaf(value: Any) -> bool:
 # -- writing -----------------------------------------------------------------------------
 
 # Inserts a batch of events given as one JSON array, in order, skipping duplicates of a
-# dedup_key (served by outbox_events_dedup_key_idx). The NOTIFY comes from the table's
-# statement trigger, once per statement, folded into one per transaction by Postgres.
-_INSERT = """
+# dedup_key (served by outbox_events_dedup_key_idx).
+_INSERT_ROWS = """
 INSERT INTO {table} (topic, key, payload, headers, process_at, dedup_key)
 SELECT r.topic, r.key, r.payload, COALESCE(r.headers, '{{}}'::jsonb),
        COALESCE(r.process_at, now() + make_interval(secs => COALESCE(r.delay, 0))),
@@ -305,6 +308,15 @@ FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
 ORDER BY r.n
 ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
 RETURNING id, dedup_key
+"""
+
+# The same, and a NOTIFY on the relays' channel if anything was inserted: at most one per
+# statement, and Postgres folds a transaction's identical notifications into one, sent at
+# commit (docs/decisions/0008). Ids in insert order.
+_INSERT = """
+WITH written AS ({insert}),
+notified AS (SELECT pg_notify({channel}, '') WHERE EXISTS (SELECT FROM written))
+SELECT id, dedup_key FROM written LEFT JOIN notified ON true ORDER BY id
 """
 
 # The ids of events that already held the dedup keys of a batch.
@@ -335,9 +347,19 @@ def _row_json(n: int, event: OutboxEvent) -> str:
     return f'{row},"payload":{event.payload_json}}}'
 
 
+def _channel_literal() -> str:
+    return "'" + _settings.channel.replace("'", "''") + "'"  # an identifier: no quote inside
+
+
 def _insert_statements() -> tuple[str, str]:
-    table = _table()
-    return _INSERT.format(table=table), _EXISTING.format(table=table)
+    return _statements(_table(), _channel_literal())
+
+
+@functools.lru_cache(maxsize=16)
+def _statements(table: str, channel: str) -> tuple[str, str]:
+    insert_rows = _INSERT_ROWS.format(table=table).strip()
+    insert = _INSERT.format(insert=insert_rows, channel=channel)
+    return insert, _EXISTING.format(table=table)
 
 
 def _apply_ids(
@@ -394,15 +416,17 @@ RIDE_PARAMETERS = frozenset(
 
 # The ids of the newest events this transaction wrote, when the INSERT that carried them
 # returned no row (a BEFORE trigger on its table skipped it): the table's sequence bounds
-# the primary key scan, the transaction id picks this transaction's rows.
+# the primary key scan, the transaction id picks this transaction's rows. No row returned
+# also means the carrier's NOTIFY was not evaluated: this statement sends it.
 _NEWEST = """
-SELECT id FROM (
+WITH newest AS (
     SELECT id FROM {table}
     WHERE id <= currval(pg_get_serial_sequence(%(table)s, 'id'))
       AND txid = pg_current_xact_id()
     ORDER BY id DESC
-    LIMIT %(count)s) AS newest
-ORDER BY id
+    LIMIT %(count)s),
+notified AS (SELECT pg_notify({channel}, ''))
+SELECT id FROM newest LEFT JOIN notified ON true ORDER BY id
 """
 
 
@@ -419,19 +443,24 @@ def carrying(statement: str, events: Sequence[OutboxEvent]) -> tuple[str, dict[s
             "outbox_process_at": event.process_at,
             "outbox_delay": event.delay,
         }
-        return _ride_statement(statement, _table(), single=True), parameters
-    return _ride_statement(statement, _table(), single=False), {"outbox_rows": _rows_json(events)}
+        return _ride_statement(statement, _table(), _channel_literal(), single=True), parameters
+    rows = {"outbox_rows": _rows_json(events)}
+    return _ride_statement(statement, _table(), _channel_literal(), single=False), rows
 
 
 @functools.lru_cache(maxsize=256)
-def _ride_statement(statement: str, table: str, *, single: bool) -> str:
+def _ride_statement(statement: str, table: str, channel: str, *, single: bool) -> str:
     if single:
         insert_sql = _INSERT_ONE.format(table=table).strip()
     else:
-        insert_sql = _INSERT.format(table=table).strip().replace("%(rows)s", "%(outbox_rows)s")
+        insert_sql = _INSERT_ROWS.format(table=table).strip()
+        insert_sql = insert_sql.replace("%(rows)s", "%(outbox_rows)s")
+    # The NOTIFY is evaluated with the ids, once: see _INSERT.
     return (
-        f"WITH _outbox_written AS ({insert_sql}) {statement}, "
-        f"(SELECT json_agg(id ORDER BY id) FROM _outbox_written) AS {RIDE_IDS_COLUMN}"
+        f"WITH _outbox_written AS ({insert_sql}), "
+        f"_outbox_notified AS (SELECT pg_notify({channel}, '')) {statement}, "
+        "(SELECT array_to_string(array_agg(id ORDER BY id), ',') "
+        f"FROM _outbox_written LEFT JOIN _outbox_notified ON true) AS {RIDE_IDS_COLUMN}"
     )
 
 
@@ -442,14 +471,15 @@ def apply_ride_ids(events: Sequence[OutboxEvent], ids: Sequence[int]) -> None:
 
 
 def parse_ride_ids(value: bytes) -> list[int]:
-    """The ids column of a carrying INSERT: a JSON array of integers, as text."""
-    return [int(item) for item in value.strip(b"[]").split(b",")]
+    """The ids column of a carrying INSERT: integers separated by commas, as text."""
+    return [int(item) for item in value.split(b",")]
 
 
 def find_ride_ids(connection: Connection, events: Sequence[OutboxEvent]) -> None:
     """Give ``events`` their ids when the INSERT that carried them returned no row."""
     found = connection.exec_driver_sql(
-        _NEWEST.format(table=_table()), {"table": _table(), "count": len(events)}
+        _NEWEST.format(table=_table(), channel=_channel_literal()),
+        {"table": _table(), "count": len(events)},
     )
     apply_ride_ids(events, [row[0] for row in found])
 

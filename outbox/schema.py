@@ -2,8 +2,7 @@
 
 These mirror ``migrations/*.sql`` exactly, so an application's Alembic autogenerate with
 ``target_metadata=[app_metadata, outbox.metadata]`` finds nothing to change after
-``outbox migrate``. The migrations, not these objects, create the schema; the NOTIFY
-trigger and its function are invisible to autogenerate.
+``outbox migrate``. The migrations, not these objects, create the schema.
 """
 
 from __future__ import annotations

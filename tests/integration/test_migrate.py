@@ -151,9 +151,9 @@ def test_migrate_reads_the_url_from_the_environment(empty_database_url: str) -> 
 
 @pytest.fixture
 def outbox_schema() -> Iterator[None]:
-    """Lets a test point publish() at another schema; back to public afterwards."""
+    """Lets a test point publish() at another schema or channel; defaults afterwards."""
     yield
-    configure(schema="public")
+    configure(schema="public", channel="outbox")
 
 
 @pytest.mark.usefixtures("outbox_schema")
@@ -177,14 +177,21 @@ def test_migrate_into_another_schema(empty_database_url: str) -> None:
     assert query(empty_database_url, "SELECT id FROM other.outbox_events") == [(event.id,)]
 
 
-def test_migrate_with_another_channel_notifies_on_it(empty_database_url: str) -> None:
-    outbox.migrate(empty_database_url, channel="orders_outbox")
+@pytest.mark.usefixtures("outbox_schema")
+def test_publish_notifies_the_configured_channel(empty_database_url: str) -> None:
+    outbox.migrate(empty_database_url)
+    configure(channel="orders_outbox")
     with psycopg.connect(empty_database_url, autocommit=True) as listener:
         listener.execute("LISTEN orders_outbox")
         with psycopg.connect(empty_database_url) as conn:
             outbox.publish(conn, "a", {})
         [notify] = list(listener.notifies(timeout=30, stop_after=1))
     assert notify.channel == "orders_outbox"
+
+
+def test_the_outbox_table_has_no_trigger(database_url: str) -> None:
+    # Publishers notify (decision 0008); a trigger would cost every publishing transaction.
+    assert query(database_url, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal") == []
 
 
 def test_printed_sql_gives_the_same_schema_as_migrate(

@@ -118,7 +118,7 @@ def test_explicit_flush_of_a_clean_session_writes_the_event_without_an_update(
         finally:
             event.remove(engine, "before_cursor_execute", capture)
         assert recorded.id is not None
-    assert statements == ["INSERT"]  # the event; the order is not updated
+    assert statements == ["WITH"]  # the event's INSERT (and NOTIFY); the order is not updated
 
 
 async def test_event_on_a_clean_async_session_is_written_at_commit(
@@ -614,7 +614,9 @@ def test_a_flush_without_an_insert_writes_its_events_in_a_statement_of_their_own
         with statements_sent(engine) as sent:
             session.flush()
         assert recorded.id is not None
-    assert [statement.split(None, 1)[0] for statement in sent] == ["UPDATE", "INSERT"]
+    assert [statement.split(None, 1)[0] for statement in sent] == ["UPDATE", "WITH"]
+    assert "INSERT INTO" in sent[1]
+    assert "outbox_events" in sent[1]
     assert topics(database_url) == ["order.paid"]
 
 
@@ -710,3 +712,19 @@ def test_a_riding_event_keeps_its_key_headers_and_schedule(
             (recorded.id,),
         ).fetchone()
     assert row == ("k-1", {"h": "v"}, {"n": 1}, True)
+
+
+def test_a_carrying_insert_notifies_the_relays_once_at_commit(
+    maker: sessionmaker[Session], database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN outbox")
+        with maker.begin() as session:
+            for n in range(3):
+                order = Order()
+                order.record_event("order.created", {"n": n})
+                session.add(order)
+                session.flush()  # three carrying INSERTs in one transaction
+            assert list(listener.notifies(timeout=0.2)) == []  # nothing before the commit
+        received = list(listener.notifies(timeout=2, stop_after=2))
+    assert [(notify.channel, notify.payload) for notify in received] == [("outbox", "")]
