@@ -33,6 +33,7 @@ from outbox.exceptions import MigrationError, RetryableError, SinkGone
 from outbox.retry import (
     FAILED,
     RETRYING,
+    SUCCESS,
     Outcome,
     RetryPolicy,
     Settlement,
@@ -352,6 +353,25 @@ class Relay:
                 group.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
         return direct, in_transaction
 
+    def _settlements(
+        self, claim: Claim, outcomes: dict[int, dict[str, Outcome]], now: dt.datetime
+    ) -> list[tuple[ClaimedRow, Settlement]]:
+        # Events on their first claim that every sink accepted (most of them) settle alike
+        # for a given set of sinks, with no randomness: decided once per batch and shared.
+        first_try: dict[tuple[tuple[str, ...], tuple[str, ...]], Settlement] = {}
+        settled = []
+        for row in claim.rows:
+            attempted = outcomes[row.id]
+            if row.deliveries or row.errors or any(o is not SUCCESS for o in attempted.values()):
+                settled.append((row, self._settlement(row, attempted, now)))
+                continue
+            sinks = (self._router.sinks_for(row.topic), tuple(attempted))
+            settlement = first_try.get(sinks)
+            if settlement is None:
+                settlement = first_try[sinks] = self._settlement(row, attempted, now)
+            settled.append((row, settlement))
+        return settled
+
     def _settlement(
         self, row: ClaimedRow, outcomes: dict[str, Outcome], now: dt.datetime
     ) -> Settlement:
@@ -449,7 +469,7 @@ class Relay:
     ) -> _Settled:
         """Write the batch's results back; return them, and which rows took them."""
         now = claim.now + dt.timedelta(seconds=time.monotonic() - started)
-        settled = [(row, self._settlement(row, outcomes[row.id], now)) for row in claim.rows]
+        settled = self._settlements(claim, outcomes, now)
         if self.options.claim_mode == "lock":
             return settled, await self._store.settle_locked(conn, settled)
         try:

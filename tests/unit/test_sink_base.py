@@ -4,6 +4,7 @@ times out alone while the others keep their success."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import outbox
 from outbox.sinks import Event, Sink
@@ -56,3 +57,37 @@ async def test_errors_come_back_in_order() -> None:
     results = await Picky().deliver_batch([make_event(payload="yes"), make_event(payload="no")])
     assert results[0] is None
     assert isinstance(results[1], outbox.PermanentError)
+
+
+async def test_a_sink_raising_cancelled_fails_that_event_alone() -> None:
+    class Flaky(Sink):
+        concurrency = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.delivered: list[int] = []
+
+        async def deliver(self, event: Event) -> None:
+            if event.payload == "cancel":
+                raise asyncio.CancelledError
+            self.delivered.append(event.id)
+
+    events = [make_event(), make_event(payload="cancel"), make_event()]
+    sink = Flaky()
+    sink.delivery_timeout = 5
+    results = await sink.deliver_batch(events)
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], outbox.RetryableError)
+    assert sink.delivered == [events[0].id, events[2].id]
+
+
+async def test_a_cancelled_batch_stops_delivering() -> None:
+    sink = Slow(set())
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.015):
+            await sink.deliver_batch([make_event() for _ in range(10)])
+    delivered = len(sink.delivered)
+    await asyncio.sleep(0.05)
+    assert len(sink.delivered) == delivered < 10
+    assert sink.running == 0
