@@ -117,7 +117,7 @@ RETURNING e.id
 
 # The same, when every row of the batch settles alike (the common case: each sink delivered
 # on the first try): an id array and one set of values, no per-row document to build and
-# take apart. Primary key.
+# take apart; the ids go in binary, cheaper to build than an array's text. Primary key.
 _SETTLE_LOCKED_ALIKE = """
 UPDATE {table} AS e
 SET status = %(status)s,
@@ -130,7 +130,7 @@ SET status = %(status)s,
     locked_by = NULL,
     locked_until = NULL,
     lease_token = NULL
-WHERE e.id = ANY(CAST(%(ids)s AS bigint[])) AND e.status = 'pending'
+WHERE e.id = ANY(CAST(%(ids)b AS bigint[])) AND e.status = 'pending'
 RETURNING e.id
 """
 
