@@ -50,7 +50,8 @@ __all__ = ["EventSource", "install"]
 _SOURCES = "outbox.sources"  # session.info: entities holding staged events
 _PUBLISHED = "outbox.published"  # session.info: events given to publish() on the session
 _RIDE = "outbox.ride"  # session.info and connection.info: a flush's events, to ride an INSERT
-_installed: weakref.WeakSet[type[Session]] = weakref.WeakSet()
+# Set on a session class the hook listens on; subclasses inherit it, and the listeners.
+_INSTALLED_FLAG = "_outbox_hook_installed"
 _hooked_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 # Orders staged events across entities, so that ids follow the order of record_event calls.
 _record_order = itertools.count()
@@ -363,12 +364,12 @@ def install(target: Any) -> Any:
     event.listen(listen_on, "after_soft_rollback", _after_soft_rollback)
     event.listen(listen_on, "after_transaction_end", _after_transaction_end)
     event.listen(listen_on, "before_attach", _before_attach)
-    _installed.add(listen_on)
+    setattr(listen_on, _INSTALLED_FLAG, True)
     return target
 
 
 def _is_installed(session_class: type[Session]) -> bool:
-    return any(base in _installed for base in session_class.__mro__)
+    return getattr(session_class, _INSTALLED_FLAG, False) is True
 
 
 def _listen_target(target: Any) -> type[Session]:

@@ -16,15 +16,15 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+import psycopg
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+
 from outbox._identifiers import validate_identifier
 from outbox.exceptions import PublishError
 
 if TYPE_CHECKING:
-    import psycopg
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-    from sqlalchemy.orm import Session
-
     SyncTarget = Session | Connection | psycopg.Connection[Any]
     AsyncTarget = AsyncSession | AsyncConnection | psycopg.AsyncConnection[Any]
 
@@ -610,17 +610,10 @@ def publish(
 
 
 def _dispatch(target: object, event: OutboxEvent) -> OutboxEvent | Awaitable[OutboxEvent]:
-    import psycopg
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-    from sqlalchemy.orm import Session
-
     if isinstance(target, Session):
-        from outbox.hook import stage_published
-
         if target.get_transaction() is None:
             target.connection()  # begin, so that a rollback before the flush takes it away
-        stage_published(target, event)
+        _stage_published()(target, event)
     elif isinstance(target, Connection):
         write_events_sqlalchemy(target, [event])
     elif isinstance(target, psycopg.Connection):
@@ -635,16 +628,18 @@ def _dispatch(target: object, event: OutboxEvent) -> OutboxEvent | Awaitable[Out
     return event
 
 
+@functools.cache
+def _stage_published() -> Callable[[Session, OutboxEvent], None]:
+    from outbox.hook import stage_published  # the hook imports this module
+
+    return stage_published
+
+
 async def _publish_async(target: object, event: OutboxEvent) -> OutboxEvent:
-    import psycopg
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
     if isinstance(target, AsyncSession):
-        from outbox.hook import stage_published
-
         if target.get_transaction() is None:
             await target.connection()
-        stage_published(target.sync_session, event)
+        _stage_published()(target.sync_session, event)
     elif isinstance(target, AsyncConnection):
         await write_events_sqlalchemy_async(target, [event])
     elif isinstance(target, psycopg.AsyncConnection):
