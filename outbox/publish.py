@@ -398,15 +398,16 @@ def _pairs(rows: Sequence[Any]) -> list[tuple[Any, Any]]:
 
 RIDE_IDS_COLUMN = "_outbox_ids"
 
-# One event, the common case: plain parameters, no JSON array to unpack.
-_INSERT_ONE = """
-INSERT INTO {table} (topic, key, payload, headers, process_at)
-VALUES (%(outbox_topic)s, %(outbox_key)s, CAST(%(outbox_payload)s AS jsonb),
-        COALESCE(CAST(%(outbox_headers)s AS jsonb), '{{}}'::jsonb),
-        COALESCE(CAST(%(outbox_process_at)s AS timestamptz),
-                 now() + make_interval(secs => COALESCE(CAST(%(outbox_delay)s AS float8), 0))))
-RETURNING id
-"""
+# One event, the common case: plain parameters for the fields it has, the table's defaults
+# for the others; no JSON array to unpack.
+_ONE_EVENT_VALUES = {
+    "topic": "%(outbox_topic)s",
+    "payload": "CAST(%(outbox_payload)s AS jsonb)",
+    "key": "%(outbox_key)s",
+    "headers": "CAST(%(outbox_headers)s AS jsonb)",
+    "process_at": "CAST(%(outbox_process_at)s AS timestamptz)",
+    "delay": "now() + make_interval(secs => CAST(%(outbox_delay)s AS float8))",
+}
 RIDE_PARAMETERS = frozenset(
     (
         *("outbox_rows", "outbox_topic", "outbox_key", "outbox_payload"),
@@ -433,34 +434,42 @@ SELECT id FROM newest LEFT JOIN notified ON true ORDER BY id
 def carrying(statement: str, events: Sequence[OutboxEvent]) -> tuple[str, dict[str, Any]]:
     """``statement`` (an ``INSERT ... RETURNING``) made to insert ``events`` too (which carry
     no dedup key), their ids returned as one more, last column; and the parameters to add."""
-    if len(events) == 1:
-        event = events[0]
-        parameters: dict[str, Any] = {
-            "outbox_topic": event.topic,
-            "outbox_key": event.key,
-            "outbox_payload": event.payload_json,
-            "outbox_headers": json.dumps(event.headers) if event.headers else None,
-            "outbox_process_at": event.process_at,
-            "outbox_delay": event.delay,
-        }
-        return _ride_statement(statement, _table(), _channel_literal(), single=True), parameters
-    rows = {"outbox_rows": _rows_json(events)}
-    return _ride_statement(statement, _table(), _channel_literal(), single=False), rows
+    table, channel = _table(), _channel_literal()
+    if len(events) != 1:
+        rows = {"outbox_rows": _rows_json(events)}
+        return _ride_statement(statement, table, channel, ()), rows
+    event = events[0]
+    parameters: dict[str, Any] = {"outbox_topic": event.topic, "outbox_payload": event.payload_json}
+    if event.key is not None:
+        parameters["outbox_key"] = event.key
+    if event.headers:
+        parameters["outbox_headers"] = json.dumps(event.headers, ensure_ascii=False)
+    if event.process_at is not None:
+        parameters["outbox_process_at"] = event.process_at
+    if event.delay is not None:
+        parameters["outbox_delay"] = event.delay
+    fields = tuple(name.removeprefix("outbox_") for name in parameters)
+    return _ride_statement(statement, table, channel, fields), parameters
 
 
 @functools.lru_cache(maxsize=256)
-def _ride_statement(statement: str, table: str, channel: str, *, single: bool) -> str:
-    if single:
-        insert_sql = _INSERT_ONE.format(table=table).strip()
+def _ride_statement(statement: str, table: str, channel: str, fields: tuple[str, ...]) -> str:
+    """The carrying statement; ``fields`` names the one event's parameters, or is empty for
+    a JSON array of events."""
+    if fields:
+        columns = ", ".join("process_at" if name == "delay" else name for name in fields)
+        values = ", ".join(_ONE_EVENT_VALUES[name] for name in fields)
+        insert_sql = f"INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id"
+        ids = "SELECT id::text"
     else:
         insert_sql = _INSERT_ROWS.format(table=table).strip()
         insert_sql = insert_sql.replace("%(rows)s", "%(outbox_rows)s")
+        ids = "SELECT array_to_string(array_agg(id ORDER BY id), ',')"
     # The NOTIFY is evaluated with the ids, once: see _INSERT.
     return (
         f"WITH _outbox_written AS ({insert_sql}), "
         f"_outbox_notified AS (SELECT pg_notify({channel}, '')) {statement}, "
-        "(SELECT array_to_string(array_agg(id ORDER BY id), ',') "
-        f"FROM _outbox_written LEFT JOIN _outbox_notified ON true) AS {RIDE_IDS_COLUMN}"
+        f"({ids} FROM _outbox_written LEFT JOIN _outbox_notified ON true) AS {RIDE_IDS_COLUMN}"
     )
 
 

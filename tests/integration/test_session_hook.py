@@ -4,6 +4,7 @@ commits, including the traps where staging events in a session goes wrong."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -728,3 +729,22 @@ def test_a_carrying_insert_notifies_the_relays_once_at_commit(
             assert list(listener.notifies(timeout=0.2)) == []  # nothing before the commit
         received = list(listener.notifies(timeout=2, stop_after=2))
     assert [(notify.channel, notify.payload) for notify in received] == [("outbox", "")]
+
+
+def test_a_riding_event_keeps_its_process_at(
+    maker: sessionmaker[Session], engine: Engine, database_url: str
+) -> None:
+    at = dt.datetime(2031, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    with maker.begin() as session:
+        order = Order()
+        recorded = order.record_event("order.scheduled", [1, "two"], process_at=at)
+        session.add(order)
+        with statements_sent(engine) as sent:
+            session.flush()
+        assert len(sent) == 1
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT key, headers, payload, process_at FROM outbox_events WHERE id = %s",
+            (recorded.id,),
+        ).fetchone()
+    assert row == (None, {}, [1, "two"], at)
