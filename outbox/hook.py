@@ -9,12 +9,12 @@ across entities and the session. A savepoint or transaction that rolls back disc
 events recorded inside it, and so do ``Session.close()`` and ``reset()`` without a commit,
 so nothing recorded in an abandoned unit of work is ever written.
 
-On psycopg (3) connections the events of a flush ride on its first single-row
-``INSERT ... RETURNING``, usually the business row's: the statement gets the events' insert
-as a data-modifying CTE and their ids as one more returned column, so writing them costs no
-statement and no round trip of its own (docs/decisions/0006-the-cost-of-publishing.md). A
-flush without such an INSERT, events with a dedup key, and other drivers write the events as
-one statement of their own.
+On psycopg (3) connections the events of a flush ride on its first ``INSERT ... RETURNING``
+executed once (not ``executemany``), usually the business row's: the statement gets the
+events' insert as a data-modifying CTE and their ids as one more returned column, so writing
+them costs no statement and no round trip of its own
+(docs/decisions/0006-the-cost-of-publishing.md). A flush without such an INSERT, events with
+a dedup key, and other drivers write the events as one statement of their own.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ _INSERT_RETURNING = re.compile(r"\s*INSERT\s.*\sRETURNING\s", re.DOTALL)
 
 
 def _stage_ride(session: Session, events: list[OutboxEvent]) -> None:
-    """Let the events ride on the flush's first single-row INSERT, or write them now."""
+    """Let the events ride on the flush's first INSERT ... RETURNING, or write them now."""
     connection = session.connection()
     dialect = connection.dialect
     rideable = (
