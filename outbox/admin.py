@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from outbox.routing import validate_pattern
+from outbox.store import RELAY_APPLICATION_PREFIX
 
 Connection = psycopg.AsyncConnection[Any]
 Action = Literal["retry", "replay", "purge"]
@@ -133,6 +134,19 @@ FROM {table}
 WHERE status = 'processing'
 GROUP BY locked_by
 ORDER BY locked_by
+"""
+
+# Relays connected to this database now, by name (pg_stat_activity: a role sees the state
+# of its own sessions, and of others' with pg_read_all_stats): their connections, and the
+# age of the oldest transaction among them (in claim mode "lock", a batch in flight).
+_CONNECTED = """
+SELECT substr(application_name, %(prefix_length)s + 1), count(*),
+       EXTRACT(EPOCH FROM now() - min(xact_start))::float8
+FROM pg_stat_activity
+WHERE datname = current_database() AND starts_with(application_name, %(prefix)s)
+  AND pid <> pg_backend_pid()
+GROUP BY 1
+ORDER BY 1
 """
 
 # Events matching the filters, newest first (primary key, scanned backwards).
@@ -406,6 +420,15 @@ class RelayLeases:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConnectedRelay:
+    relay: str
+    connections: int
+    """Its workers', listener's and upkeep's connections."""
+    oldest_transaction: float | None
+    """Seconds its oldest open transaction has run; None when none is open."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Status:
     now: dt.datetime
     topics: dict[str, dict[str, int]]
@@ -418,6 +441,7 @@ class Status:
     failing_sinks: list[FailingSink]
     disabled_sinks: list[DisabledSink]
     relays: list[RelayLeases]
+    connected: list[ConnectedRelay]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,7 +504,8 @@ async def database_now(conn: Connection) -> dt.datetime:
 
 
 async def status(conn: Connection, schema: str) -> Status:
-    """The whole picture: counts, lag, parked keys, failing and disabled sinks, relays."""
+    """The whole picture: counts, lag, parked keys, failing and disabled sinks, relays
+    holding leases and relays connected."""
     now = await database_now(conn)
     topics, totals = await _counts(conn, schema)
     parked_total, parked = await _parked(conn, schema)
@@ -494,7 +519,14 @@ async def status(conn: Connection, schema: str) -> Status:
         failing_sinks=[FailingSink(*r) for r in await _fetch(conn, schema, _FAILING_SINKS)],
         disabled_sinks=await disabled_sinks(conn, schema),
         relays=[RelayLeases(*r) for r in await _fetch(conn, schema, _RELAYS)],
+        connected=await _connected(conn),
     )
+
+
+async def _connected(conn: Connection) -> list[ConnectedRelay]:
+    prefix = RELAY_APPLICATION_PREFIX
+    cursor = await conn.execute(_CONNECTED, {"prefix": prefix, "prefix_length": len(prefix)})
+    return [ConnectedRelay(*record) for record in await cursor.fetchall()]
 
 
 async def _fetch(

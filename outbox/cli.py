@@ -492,7 +492,8 @@ def _table(rows: list[list[str]]) -> None:
 @_db_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(config: Path | None, database_url: str | None, as_json: bool) -> None:
-    """Events per topic and status, lag, parked keys, failing sinks, relays holding leases."""
+    """Events per topic and status, lag, parked keys, failing sinks, relays (holding leases,
+    connected)."""
     url, schema = _admin_target(config, database_url)
     report = _with_db(url, lambda conn: admin.status(conn, schema))
     if as_json:
@@ -547,6 +548,14 @@ def _print_health(report: admin.Status) -> None:
             f"  {relay.relay or '?'}: {relay.events} event(s), "
             f"leases until {_when(relay.lease_until)}{expired}"
         )
+    click.echo(f"relays connected: {len(report.connected)}")
+    for connected in report.connected:
+        transaction = (
+            ""
+            if connected.oldest_transaction is None
+            else f", oldest transaction open {_ago(connected.oldest_transaction)}"
+        )
+        click.echo(f"  {connected.relay}: {connected.connections} connection(s){transaction}")
 
 
 @main.group("events")

@@ -43,7 +43,14 @@ from outbox.retry import (
 )
 from outbox.routing import Router, Subscription
 from outbox.sinks import Event, Sink
-from outbox.store import Claim, ClaimedRow, Connection, Store, listen_statement
+from outbox.store import (
+    Claim,
+    ClaimedRow,
+    Connection,
+    Store,
+    listen_statement,
+    relay_application_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -566,7 +573,7 @@ class Relay:
         while not self._stopping.is_set():
             conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                conn = await self._connect()
                 await conn.execute(listen_statement(self.options.channel))
                 self._listening, failures = True, 0
                 logger.info("listening on channel %s", self.options.channel)
@@ -643,7 +650,9 @@ class Relay:
             logger.info("retention deleted %d done events", total)
 
     async def _connect(self) -> Connection:
-        return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        return await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, application_name=relay_application_name(self.name)
+        )
 
     async def _sleep_before_reconnect(self, failures: int, error: Exception) -> None:
         delay = _reconnect_delay(failures)

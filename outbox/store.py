@@ -22,6 +22,15 @@ from outbox.retry import Settlement
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
+# Every relay connection says whose it is in pg_stat_activity (`outbox status` reads it).
+RELAY_APPLICATION_PREFIX = "outbox relay "
+
+
+def relay_application_name(relay: str) -> str:
+    """The ``application_name`` of ``relay``'s connections (Postgres keeps 63 bytes)."""
+    return (RELAY_APPLICATION_PREFIX + relay).encode()[:63].decode(errors="ignore")
+
+
 # The due rows a claim takes: pending and due, oldest first (outbox_events_pending_idx). A
 # keyed row is claimable only if no earlier row of its key is unfinished
 # (outbox_events_key_idx) and its inserting transaction is older than every running one, so

@@ -252,6 +252,7 @@ def test_status_json(database_url: str, workdir: Path, busy: dict[str, int]) -> 
         "failing_sinks",
         "disabled_sinks",
         "relays",
+        "connected",
     }
     assert report["topics"] == {
         "order.paid": {"pending": 1, "processing": 0, "done": 1, "failed": 1},
@@ -294,6 +295,31 @@ def test_status_json(database_url: str, workdir: Path, busy: dict[str, int]) -> 
     assert relay["events"] == 2
     assert relay["expired"] == 1
     assert relay["lease_until"] > report["now"]
+    assert report["connected"] == []  # no relay runs
+
+
+def test_status_shows_connected_relays_and_their_open_transactions(
+    database_url: str, workdir: Path
+) -> None:
+    # Connections named as a relay names its own: one idle, one inside a transaction (what a
+    # lock-mode batch in flight looks like).
+    with (
+        psycopg.connect(database_url, application_name="outbox relay r1") as idle,
+        psycopg.connect(database_url, application_name="outbox relay r1") as busy_conn,
+        psycopg.connect(database_url, application_name="another app") as other,
+    ):
+        idle.execute("SELECT 1")
+        idle.commit()
+        other.execute("SELECT 1")
+        busy_conn.execute("SELECT 1")  # its transaction stays open
+        report = cli_json(workdir, "status", url=database_url)
+        text = cli(workdir, "status", url=database_url).stdout
+    [connected] = report["connected"]
+    assert connected["relay"] == "r1"
+    assert connected["connections"] == 2
+    assert connected["oldest_transaction"] >= 0
+    assert "relays connected: 1" in text
+    assert "r1: 2 connection(s), oldest transaction open " in text
 
 
 def test_status_text(database_url: str, workdir: Path, busy: dict[str, int]) -> None:

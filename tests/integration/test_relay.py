@@ -896,6 +896,19 @@ def _count_claims(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
+async def test_relay_connections_carry_its_name(database_url: str, db: Db) -> None:
+    relay = relay_for(database_url, {"sink": Recorder()}, name="relay-seen")
+    async with running(relay) as run:
+        await run.until(_listening(relay), "the relay to listen")
+        cursor = await db.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = %s",
+            ("outbox relay relay-seen",),
+        )
+        found = await cursor.fetchone()
+    assert found is not None
+    assert found["n"] >= 2  # a worker and the listener
+
+
 async def _listener_pids(db: Db) -> list[int]:
     cursor = await db.execute(
         "SELECT pid FROM pg_stat_activity"
