@@ -162,11 +162,9 @@ class Fleet:
         log = self.workdir / f"relay-{len(self.logs) + 1:02d}.log"
         command = [sys.executable, "-m", "outbox.cli", "relay", "--config", str(self.config)]
         command += ["--database-url", self.database_url, "--log-level", "warning"]
-        # libpq names the relay's connections after its log, so the test can tell them apart.
-        env = {**self.env, "PGAPPNAME": f"chaos-{log.stem}"}
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+                command, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
             )
         self.procs[proc.pid] = proc
         self.logs[proc.pid] = log
@@ -175,13 +173,12 @@ class Fleet:
     def wait_connected(self, conn: psycopg.Connection[Any], timeout: float = 60.0) -> None:
         """Wait until every live relay has a connection to the database."""
         give_up = time.monotonic() + timeout
-        expected = {f"chaos-{self.logs[pid].stem}" for pid in self.alive()}
         while time.monotonic() < give_up:
             rows = conn.execute(
                 "SELECT DISTINCT application_name FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE 'chaos-relay-%'"
+                "WHERE datname = current_database() AND application_name LIKE 'outbox relay %'"
             ).fetchall()
-            if expected <= {name for (name,) in rows}:
+            if set(self.alive()) <= {_relay_pid(name) for (name,) in rows}:
                 return
             time.sleep(0.1)
         raise AssertionError(f"relays not connected after {timeout:g}s")
@@ -331,16 +328,21 @@ def _busy_relays(conn: psycopg.Connection[Any], fleet: Fleet) -> dict[int, int]:
     if fleet.claim_mode == "lock":
         rows = conn.execute(
             "SELECT application_name, count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name LIKE 'chaos-relay-%' "
+            "WHERE datname = current_database() AND application_name LIKE 'outbox relay %' "
             "AND backend_xid IS NOT NULL GROUP BY application_name"
         ).fetchall()
-        pids = {f"chaos-{log.stem}": pid for pid, log in fleet.logs.items()}
-        return {pids[name]: int(count) for name, count in rows if name in pids}
+        return {_relay_pid(name): int(count) for name, count in rows}
     rows = conn.execute(
         "SELECT locked_by, count(*) FROM outbox_events WHERE status = 'processing' "
         "GROUP BY locked_by"
     ).fetchall()
-    return {int(str(name).split(":")[-2]): int(count) for name, count in rows if name}
+    return {_relay_pid(name): int(count) for name, count in rows if name}
+
+
+def _relay_pid(name: str) -> int:
+    """The process id in a relay's name (``host:pid:suffix``), or in its connections'
+    ``application_name`` (``outbox relay host:pid:suffix``)."""
+    return int(name.split(":")[-2])
 
 
 def _terminate_relay_connections(conn: psycopg.Connection[Any], chaos: Chaos) -> None:
