@@ -2,8 +2,9 @@
 
 A publisher process commits ``--rate`` events/s (``--per-transaction`` events per
 transaction, on an absolute schedule) for ``--minutes``; a relay process (no-op sink, batch
-500, retention ``--retention`` seconds, maintenance every 5 s, ``application_name``
-``outbox-bench-relay``) delivers them. Every second this process samples the relay's
+500, retention ``--retention`` seconds, maintenance every 5 s, named ``outbox-bench-relay``,
+so its connections' ``application_name`` is ``outbox relay outbox-bench-relay``) delivers
+them. Every second this process samples the relay's
 delivered count, ``pg_stat_user_tables.n_dead_tup`` / ``n_live_tup`` of the outbox table,
 the pending backlog, and the age of the oldest open transaction of the relay's backends
 (``pg_stat_activity.xact_start``). Per interval (``--interval``, 60 s) it prints the
@@ -27,6 +28,8 @@ from typing import Any
 
 import _common
 import psycopg
+
+from outbox.store import relay_application_name
 
 APP = "outbox-bench-relay"
 
@@ -90,10 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_common.machine(url), flush=True)
         context = multiprocessing.get_context("spawn")
         delivered, stop = context.Value("q", 0, lock=False), context.Event()
-        relay_url = url + ("&" if "?" in url else "?") + f"application_name={APP}"
-        relay = context.Process(
-            target=relay_process, args=(relay_url, args.retention, delivered, stop)
-        )
+        relay = context.Process(target=relay_process, args=(url, args.retention, delivered, stop))
         relay.start()
         time.sleep(2.0)
         pub = context.Process(
@@ -116,7 +116,8 @@ def monitor(url: str, delivered: Any, pub: Any, interval: float) -> list[dict[st
         row = {"dead_max": 0.0, "xact_max": 0.0}
         while pub.is_alive():
             time.sleep(1.0)
-            dead, live, pending, xact = conn.execute(_SAMPLE, (APP,)).fetchone() or (0, 0, 0, 0)
+            sample = conn.execute(_SAMPLE, (relay_application_name(APP),)).fetchone()
+            dead, live, pending, xact = sample or (0, 0, 0, 0)
             row["dead_max"] = max(row["dead_max"], float(dead or 0))
             row["xact_max"] = max(row["xact_max"], float(xact or 0))
             now = time.monotonic()
