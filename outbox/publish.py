@@ -392,8 +392,8 @@ def _pairs(rows: Sequence[Any]) -> list[tuple[Any, Any]]:
 
 # -- riding on an INSERT of the flush -------------------------------------------------------
 #
-# The session hook writes a flush's events inside the flush's first single-row INSERT ...
-# RETURNING (the business row), as a data-modifying CTE: one statement and one round trip
+# The session hook writes a flush's events inside the flush's first INSERT ... RETURNING
+# (usually the business row's), as a data-modifying CTE: one statement and one round trip
 # for both. The events' ids come back as one more RETURNING column.
 
 RIDE_IDS_COLUMN = "_outbox_ids"
