@@ -21,7 +21,6 @@ the benchmark creates a fresh database, migrates it, and drops it at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import dataclasses
 import io
@@ -32,20 +31,17 @@ import pstats
 import shlex
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
+import _common
 import psycopg
 import sqlalchemy
 from sqlalchemy import String, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import outbox
-from outbox._embedded import start_embedded
-from outbox._urls import libpq_url, sqlalchemy_url, with_database
+from outbox._urls import sqlalchemy_url
 
 TARGET_OVERHEAD = 0.25
 
@@ -165,29 +161,6 @@ def report(scenario: Scenario, timings: dict[str, list[float]]) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    name = f"outbox_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(server_url, name)
-    try:
-        outbox.migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def server(database_url: str | None) -> Iterator[str]:
-    if database_url:
-        yield libpq_url(database_url)
-        return
-    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
-        yield start_embedded(Path(tmp) / "pgdata", cleanup="delete")
-
-
 def profile(makers: Makers, scenario: Scenario, mode: str) -> str:
     profiler = cProfile.Profile()
     for t in range(scenario.transactions):
@@ -219,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         Scenario(f"{args.single:,} x 1 row", args.single, 1),
         Scenario(f"{args.batches:,} x {args.batch_size:,} rows", args.batches, args.batch_size),
     ]
-    with server(args.database_url) as server_url, fresh_database(server_url) as url:
+    # synchronous_commit on: a publishing transaction waits for its commit, as in production.
+    with (
+        _common.server(args.database_url) as server_url,
+        _common.fresh_database(server_url, synchronous_commit="on") as url,
+    ):
         engine = create_engine(sqlalchemy_url(url))
         try:
             Base.metadata.create_all(engine)

@@ -519,14 +519,14 @@ async def status(conn: Connection, schema: str) -> Status:
         failing_sinks=[FailingSink(*r) for r in await _fetch(conn, schema, _FAILING_SINKS)],
         disabled_sinks=await disabled_sinks(conn, schema),
         relays=[RelayLeases(*r) for r in await _fetch(conn, schema, _RELAYS)],
-        connected=await _connected(conn),
+        connected=await _connected(conn, schema),
     )
 
 
-async def _connected(conn: Connection) -> list[ConnectedRelay]:
+async def _connected(conn: Connection, schema: str) -> list[ConnectedRelay]:
     prefix = RELAY_APPLICATION_PREFIX
-    cursor = await conn.execute(_CONNECTED, {"prefix": prefix, "prefix_length": len(prefix)})
-    return [ConnectedRelay(*record) for record in await cursor.fetchall()]
+    found = await _fetch(conn, schema, _CONNECTED, {"prefix": prefix, "prefix_length": len(prefix)})
+    return [ConnectedRelay(*record) for record in found]
 
 
 async def _fetch(

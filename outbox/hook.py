@@ -167,7 +167,6 @@ class _Ride:
     connection: Connection
     events: list[OutboxEvent]
     carrier: str | None = None  # the statement sent with them
-    ids_read: bool = False
 
 
 _INSERT_RETURNING = re.compile(r"\s*INSERT\s.*\sRETURNING\s", re.DOTALL)
@@ -199,7 +198,7 @@ def _finish_ride(session: Session) -> None:
     ride.connection.info.pop(_RIDE, None)
     if ride.carrier is None:
         write_events_sqlalchemy(ride.connection, ride.events)
-    elif not ride.ids_read:
+    elif ride.events[0].id is None:  # the carrier returned no row to read them from
         find_ride_ids(ride.connection, ride.events)
 
 
@@ -268,7 +267,6 @@ def _read_ride_ids(
         or result.fname(result.nfields - 1) != RIDE_IDS_COLUMN.encode()
     ):
         return
-    ride.ids_read = True
     apply_ride_ids(ride.events, parse_ride_ids(result.get_value(0, result.nfields - 1)))
 
 
