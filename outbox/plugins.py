@@ -15,7 +15,8 @@ import pluggy
 from pydantic import ValidationError
 
 from outbox import hookspecs
-from outbox.settings import ConfigError, SinkSettings
+from outbox.exceptions import ConfigError, PluginError
+from outbox.settings import SinkSettings
 
 if TYPE_CHECKING:
     from outbox.sinks import Sink
@@ -58,10 +59,6 @@ def _failing_entry_point() -> str:
         except Exception:
             return f"{entry_point.name!r} ({entry_point.value})"
     return "(unknown)"
-
-
-class PluginError(RuntimeError):
-    """An installed plugin could not be loaded or registered."""
 
 
 def sink_types(manager: pluggy.PluginManager) -> dict[str, type[Sink]]:

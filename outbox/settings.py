@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from outbox._identifiers import validate_identifier
+from outbox.exceptions import ConfigError
 from outbox.retry import RetryPolicy
 from outbox.routing import Subscription, validate_pattern
 
@@ -206,14 +207,6 @@ class Settings(BaseSettings):
 
     def subscription_list(self) -> list[Subscription]:
         return [item.subscription() for item in self.subscriptions]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; ``errors`` lists ``(location, message)`` pairs."""
-
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(f"{where}: {message}" for where, message in errors))
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -20,11 +20,11 @@ import itertools
 from collections.abc import Sequence
 from typing import Literal
 
-from outbox.exceptions import PermanentError, RetryableError
+from outbox.exceptions import ConformanceError, PermanentError, RetryableError
 from outbox.retry import classify
 from outbox.sinks import Event, Sink
 
-__all__ = ["Behaviour", "SinkHarness", "exercise_sink", "make_event"]
+__all__ = ["Behaviour", "ConformanceError", "SinkHarness", "exercise_sink", "make_event"]
 
 Behaviour = Literal["ok", "retryable", "permanent", "retry_after"]
 """How the receiver behind a sink answers: accepts, fails for now, refuses for good, or
@@ -59,10 +59,6 @@ class SinkHarness:
     async def received_ids(self) -> Sequence[int]:
         """Ids of the events the receiver has accepted so far, repeats included."""
         raise NotImplementedError
-
-
-class ConformanceError(AssertionError):
-    """A sink broke the sink contract."""
 
 
 async def exercise_sink(harness: SinkHarness, *, events: int = 20) -> list[str]:
