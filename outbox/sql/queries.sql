@@ -9,6 +9,23 @@
 -- text is doubled ('{{}}'::jsonb). Parameters are psycopg's %(name)s.
 
 -- ===========================================================================================
+-- shared: fragments and statements that the relay and the admin both use
+-- ===========================================================================================
+
+-- fragment: key_not_parked
+-- The row `e` is not parked: it has no key, or no earlier event of its key failed
+-- (outbox_events_key_idx).
+(e.key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {table} AS f
+    WHERE f.key = e.key AND f.id < e.id AND f.status = 'failed'))
+
+-- name: disabled_sinks
+-- Sinks switched off by an operator or a 410 Gone, with when and why (primary key of
+-- outbox_sinks, a handful of rows).
+SELECT name, disabled_at, disabled_reason FROM {sinks}
+WHERE disabled_at IS NOT NULL ORDER BY name
+
+-- ===========================================================================================
 -- relay (outbox/store.py)
 -- ===========================================================================================
 
