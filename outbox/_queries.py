@@ -86,7 +86,11 @@ def _parse(text: str) -> tuple[dict[str, str], dict[str, str]]:
     return named, fragments
 
 
-def _expand(body: str, fragments: Mapping[str, str]) -> str:
+def _expand(body: str, fragments: Mapping[str, str], depth: int = 0) -> str:
+    if depth > 8:
+        raise ValueError("queries.sql: fragments include each other in a cycle")
     for name, fragment in fragments.items():
-        body = body.replace("{" + name + "}", _expand(fragment, fragments))
+        placeholder = "{" + name + "}"
+        if placeholder in body:
+            body = body.replace(placeholder, _expand(fragment, fragments, depth + 1))
     return body
