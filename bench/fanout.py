@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import _common
 
-from outbox.relay import Relay, RelayOptions
+from outbox import runtime
+from outbox.relay import Relay
 from outbox.routing import Subscription
 
 
@@ -27,7 +28,7 @@ async def drain(url: str, sinks: int, batch: int) -> float:
         url,
         {name: _common.NoopSink() for name in names},
         [Subscription(("#",), tuple(names))],
-        RelayOptions(batch_size=batch, name="bench-fanout"),
+        runtime.relay_options(batch_size=batch, name="bench-fanout"),
     )
     started = time.perf_counter()
     await relay.run(drain=True)

@@ -36,7 +36,8 @@ import _common
 import psycopg
 
 import outbox
-from outbox.relay import Relay, RelayOptions
+from outbox import runtime
+from outbox.relay import Relay
 from outbox.routing import Subscription
 from outbox.sinks import Event, Sink
 
@@ -102,7 +103,7 @@ class RecordingSink(Sink):
 
 
 async def _run_relay(url: str, listen: bool, received: dict[int, int], go: asyncio.Event) -> None:
-    options = RelayOptions(
+    options = runtime.relay_options(
         batch_size=100,
         listen=listen,
         poll_interval=1.0 if listen else 0.1,

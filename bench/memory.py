@@ -25,10 +25,11 @@ TARGET_MB = 150.0
 
 
 def relay_process(url: str, batch: int) -> None:
-    from outbox.relay import Relay, RelayOptions
+    from outbox import runtime
+    from outbox.relay import Relay
     from outbox.routing import Subscription
 
-    options = RelayOptions(batch_size=batch, name="bench-memory")
+    options = runtime.relay_options(batch_size=batch, name="bench-memory")
     relay = Relay(url, {"noop": _common.NoopSink()}, [Subscription(("#",), ("noop",))], options)
     asyncio.run(relay.run(drain=True))
 

@@ -89,10 +89,11 @@ QUICK = [
 
 def worker(config: Config, url: str, ready: Any, go: Any) -> None:
     if config.system == "outbox":
-        from outbox.relay import Relay, RelayOptions
+        from outbox import runtime
+        from outbox.relay import Relay
         from outbox.routing import Subscription
 
-        options = RelayOptions(
+        options = runtime.relay_options(
             batch_size=config.batch,
             concurrency=config.workers,
             name="bench",

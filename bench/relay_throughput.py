@@ -41,8 +41,10 @@ from collections.abc import Sequence
 import _common
 import psycopg
 
-from outbox.relay import CLAIM_MODES, ClaimMode, Relay, RelayOptions
-from outbox.retry import DELIVERED, Settlement
+from outbox import runtime
+from outbox.records import Settlement
+from outbox.relay import CLAIM_MODES, ClaimMode, Relay
+from outbox.retry import DELIVERED
 from outbox.routing import Subscription
 from outbox.store import Connection, Store
 
@@ -123,7 +125,7 @@ async def _relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
         url,
         {SINK: _common.NoopSink()},
         [Subscription(("#",), (SINK,))],
-        RelayOptions(batch_size=batch_size, name="bench", claim_mode=claim_mode),
+        runtime.relay_options(batch_size=batch_size, name="bench", claim_mode=claim_mode),
     )
     started = time.perf_counter()
     await relay.run(drain=True)

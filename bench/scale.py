@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import _common
 import psycopg
 
-from outbox.relay import Relay, RelayOptions
+from outbox import runtime
+from outbox.relay import Relay
 from outbox.routing import Subscription
 from outbox.sinks import Event, Sink
 from outbox.store import Store
@@ -65,7 +66,7 @@ async def throughput(url: str, events: int, batch: int) -> float:
         url,
         {"noop": sink},
         [Subscription(("#",), ("noop",))],
-        RelayOptions(batch_size=batch, name="bench-scale"),
+        runtime.relay_options(batch_size=batch, name="bench-scale"),
     )
     sink.relay = relay
     started = time.perf_counter()

@@ -57,7 +57,8 @@ def publisher(url: str, rate: float, per_transaction: int, seconds: float) -> No
 
 
 def relay_process(url: str, retention: float, delivered: Any, stop: Any) -> None:
-    from outbox.relay import Relay, RelayOptions
+    from outbox import runtime
+    from outbox.relay import Relay
     from outbox.routing import Subscription
     from outbox.sinks import Event, Sink
 
@@ -65,7 +66,7 @@ def relay_process(url: str, retention: float, delivered: Any, stop: Any) -> None
         async def deliver(self, event: Event) -> None:
             delivered.value += 1  # one relay process, one event loop: no lock needed
 
-    options = RelayOptions(
+    options = runtime.relay_options(
         batch_size=500, retention_seconds=retention, maintenance_interval=5.0, name=APP
     )
     relay = Relay(url, {"count": Counting()}, [Subscription(("#",), ("count",))], options)

@@ -14,20 +14,31 @@ Repairs reset what they hand back to the relay: the event's claim counter (``att
 and for retry the sinks that had not acknowledged (``failed``, ``retrying``) become
 ``retrying`` with no wait and zero attempts, keeping their last error; delivered sinks stay
 delivered. Replay removes the chosen sink's delivery entry, or every entry.
+
+The statements are the admin section of ``outbox/sql/queries.sql``. Which events a command
+means (:class:`EventFilter`, and the durations and times it is parsed from) lives in
+:mod:`outbox._event_filter`, re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
 
-from outbox.routing import validate_pattern
+from outbox import _queries
+from outbox._event_filter import SINK_STATUSES as SINK_STATUSES
+from outbox._event_filter import STATUSES as STATUSES
+from outbox._event_filter import EventFilter as EventFilter
+from outbox._event_filter import TimeBound as TimeBound
+from outbox._event_filter import parse_duration as parse_duration
+from outbox._event_filter import parse_time as parse_time
+from outbox._event_filter import resolve_time as resolve_time
+from outbox._event_filter import topic_regex as topic_regex
 from outbox.store import RELAY_APPLICATION_PREFIX
 
 Connection = psycopg.AsyncConnection[Any]
@@ -36,338 +47,16 @@ Action = Literal["retry", "replay", "purge"]
 DEFAULT_BATCH = 1000
 LIST_LIMIT = 50
 PARKED_SHOWN = 50
-STATUSES = ("pending", "processing", "done", "failed")
-SINK_STATUSES = ("delivered", "retrying", "failed")
 
-# -- SQL -------------------------------------------------------------------------------------
-#
-# {table} and {sinks} are the schema's outbox_events and outbox_sinks, quoted by psycopg.sql.
-# {filters} is _FILTERS: every condition is optional (a NULL parameter switches it off), so
-# each statement stays one fixed text. Postgres plans the first executions with the actual
-# values, where a switched-off condition folds away.
-
-# The selection shared by listing and repairs. A topic pattern arrives as a regular
-# expression matched against '.' || topic (see topic_regex).
-_FILTERS = """
-    (%(ids)s::bigint[] IS NULL OR e.id = ANY(%(ids)s::bigint[]))
-    AND (%(statuses)s::text[] IS NULL OR e.status = ANY(%(statuses)s::text[]))
-    AND (%(topic_re)s::text IS NULL OR '.' || e.topic ~ %(topic_re)s::text)
-    AND (%(key)s::text IS NULL OR e.key = %(key)s::text)
-    AND (%(sink)s::text IS NULL OR e.deliveries ? %(sink)s::text)
-    AND (%(sink_status)s::text IS NULL
-         OR e.deliveries -> %(sink)s::text ->> 'status' = %(sink_status)s::text)
-    AND (%(since)s::timestamptz IS NULL OR e.created_at >= %(since)s::timestamptz)
-    AND (%(until)s::timestamptz IS NULL OR e.created_at < %(until)s::timestamptz)
-    AND (%(done_before)s::timestamptz IS NULL OR e.done_at < %(done_before)s::timestamptz)
-"""
-
-# The database clock: relative times (10m, 7d) are measured on it, never on this machine's.
-_NOW = "SELECT now()"
-
-# Events per topic and status. A full scan: the one statement here whose cost grows with the
-# number of done rows.
-_COUNTS = """
-SELECT topic, status, count(*) FROM {table} GROUP BY topic, status ORDER BY topic, status
-"""
-
-# The lag: the due pending event that has waited longest, leaving out rows parked behind a
-# failed event of their key, which wait for an operator and not for a relay
-# (outbox_events_pending_idx; outbox_events_key_idx for the parked check).
-_LAG = """
-SELECT count(*) OVER (), e.id, e.topic, e.process_at, e.created_at,
-       EXTRACT(EPOCH FROM now() - e.process_at)::float8
-FROM {table} AS e
-WHERE e.status = 'pending' AND e.process_at <= now()
-  AND (e.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM {table} AS f
-        WHERE f.key = e.key AND f.id < e.id AND f.status = 'failed'))
-ORDER BY e.process_at, e.id
-LIMIT 1
-"""
-
-# Parked keys: keys whose oldest unfinished event failed, with how many events wait behind it
-# and how many keys are parked in all (outbox_events_key_idx).
-_PARKED = """
-WITH heads AS (
-    SELECT DISTINCT ON (e.key) e.key, e.id, e.topic, e.status, e.last_error, e.done_at
-    FROM {table} AS e
-    WHERE e.key IS NOT NULL AND e.status <> 'done'
-    ORDER BY e.key, e.id
-)
-SELECT h.key, h.id, h.topic, h.last_error, h.done_at,
-       (SELECT count(*) FROM {table} AS w
-        WHERE w.key = h.key AND w.id > h.id AND w.status <> 'done'),
-       count(*) OVER ()
-FROM heads AS h
-WHERE h.status = 'failed'
-ORDER BY h.id
-LIMIT %(limit)s
-"""
-
-# Sinks with deliveries that have not succeeded, on unfinished events: how many events each
-# waits to retry or has given up on, and the error on the newest such event. Scans the
-# unfinished rows (pending and processing by their partial indexes, failed by the table).
-_FAILING_SINKS = """
-SELECT d.key,
-       count(*) FILTER (WHERE d.value ->> 'status' = 'retrying'),
-       count(*) FILTER (WHERE d.value ->> 'status' = 'failed'),
-       (array_agg(d.value ->> 'last_error' ORDER BY e.id DESC))[1],
-       max(e.id)
-FROM {table} AS e, jsonb_each(e.deliveries) AS d
-WHERE e.status IN ('pending', 'processing', 'failed')
-  AND d.value ->> 'status' IN ('retrying', 'failed')
-GROUP BY d.key
-ORDER BY d.key
-"""
-
-# Sinks switched off by an operator or a 410 Gone (outbox_sinks, a handful of rows).
-_DISABLED = """
-SELECT name, disabled_at, disabled_reason FROM {sinks}
-WHERE disabled_at IS NOT NULL ORDER BY name
-"""
-
-# Relays holding leases now: rows in flight per relay, when their leases end, how many have
-# already expired (outbox_events_processing_idx).
-_RELAYS = """
-SELECT locked_by, count(*), max(locked_until), count(*) FILTER (WHERE locked_until < now())
-FROM {table}
-WHERE status = 'processing'
-GROUP BY locked_by
-ORDER BY locked_by
-"""
-
-# Relays connected to this database now, by name (pg_stat_activity: a role sees the state
-# of its own sessions, and of others' with pg_read_all_stats): their connections, and the
-# age of the oldest transaction among them (in claim mode "lock", a batch in flight).
-_CONNECTED = """
-SELECT substr(application_name, %(prefix_length)s + 1), count(*),
-       EXTRACT(EPOCH FROM now() - min(xact_start))::float8
-FROM pg_stat_activity
-WHERE datname = current_database() AND starts_with(application_name, %(prefix)s)
-  AND pid <> pg_backend_pid()
-GROUP BY 1
-ORDER BY 1
-"""
-
-# Events matching the filters, newest first (primary key, scanned backwards).
-_LIST = """
-SELECT e.id, e.topic, e.key, e.status, e.attempts, e.created_at, e.process_at, e.done_at,
-       e.last_error, e.deliveries
-FROM {table} AS e
-WHERE {filters}
-ORDER BY e.id DESC
-LIMIT %(limit)s
-"""
-
-# One event, every column (primary key).
-_SHOW = """
-SELECT id, topic, key, status, attempts, process_at, locked_by, locked_until,
-       lease_token::text, payload, headers, deliveries, errors, last_error, dedup_key,
-       txid::text, created_at, done_at
-FROM {table}
-WHERE id = %(id)s
-"""
-
-# How many rows a repair would touch, and the highest id among them: the plan's upper bound.
-_MATCH = """
-SELECT count(*), COALESCE(max(e.id), 0) FROM {table} AS e WHERE {filters}
-"""
-
-# The next batch of a plan: matching rows above the last batch, up to the plan's bound, in
-# id order (primary key), locked so that a relay settling one of them meanwhile is waited for
-# and the row re-checked.
-_BATCH = """
-SELECT e.id FROM {table} AS e
-WHERE e.id > %(after)s AND e.id <= %(upto)s AND {filters}
-ORDER BY e.id
-LIMIT %(limit)s
-FOR UPDATE
-"""
-
-# Retry failed events: pending again, due now, claim counter reset. Without a sink every sink
-# that had not acknowledged starts over; with one, only that sink. Delivered sinks stay
-# delivered, so they never see the event twice (primary key, via the batch).
-_RETRY = (
-    """
-WITH batch AS ("""
-    + _BATCH
-    + """)
-UPDATE {table} AS e
-SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0,
-    deliveries = CASE
-        WHEN %(sink)s::text IS NULL THEN COALESCE((
-            SELECT jsonb_object_agg(d.key, CASE
-                WHEN d.value ->> 'status' IN ('failed', 'retrying') THEN jsonb_build_object(
-                    'status', 'retrying', 'attempts', 0, 'last_error', d.value -> 'last_error')
-                ELSE d.value END)
-            FROM jsonb_each(e.deliveries) AS d), jsonb_build_object())
-        ELSE jsonb_set(e.deliveries, ARRAY[%(sink)s::text], jsonb_build_object(
-            'status', 'retrying', 'attempts', 0,
-            'last_error', e.deliveries -> %(sink)s::text -> 'last_error'))
-    END
-FROM batch
-WHERE e.id = batch.id
-RETURNING e.id
-"""
-)
-
-# Replay done events: pending again, due now, claim counter reset, and the chosen sink's
-# delivery entry removed (or all entries), so the relay delivers there again (primary key).
-_REPLAY = (
-    """
-WITH batch AS ("""
-    + _BATCH
-    + """)
-UPDATE {table} AS e
-SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0,
-    deliveries = CASE
-        WHEN %(sink)s::text IS NULL THEN jsonb_build_object()
-        ELSE e.deliveries - %(sink)s::text
-    END
-FROM batch
-WHERE e.id = batch.id
-RETURNING e.id
-"""
-)
-
-# Delete finished events (primary key, via the batch).
-_PURGE = (
-    """
-WITH batch AS ("""
-    + _BATCH
-    + """)
-DELETE FROM {table} AS e
-USING batch
-WHERE e.id = batch.id
-RETURNING e.id
-"""
-)
-
-_REPAIRS = {"retry": _RETRY, "replay": _REPLAY, "purge": _PURGE}
-
-
-def _render(template: str, schema: str) -> sql.Composed:
-    return sql.SQL(template).format(
-        table=sql.Identifier(schema, "outbox_events"),
-        sinks=sql.Identifier(schema, "outbox_sinks"),
-        filters=sql.SQL(_FILTERS),
-    )
-
-
-# -- parsing ---------------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-TimeBound = dt.datetime | dt.timedelta
-"""An absolute time, or how long before the database's ``now()``."""
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``90s``, ``10m``, ``2h``, ``7d``, ``1w`` or a sum like ``1h30m``; ``ValueError`` if not."""
-    compact = text.strip().lower()
-    parts = _DURATION_PART.findall(compact)
-    if not compact or "".join(number + unit for number, unit in parts) != compact:
-        raise ValueError(
-            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w (10m, 2h, 7d)"
-        )
-    return dt.timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
-
-
-def parse_time(text: str) -> TimeBound:
-    """An ISO 8601 date or datetime (UTC when no offset is given), ``now``, or a duration
-    meaning that long ago (``10m``, ``7d``)."""
-    stripped = text.strip()
-    if stripped.lower() == "now":
-        return dt.timedelta(0)
-    try:
-        return parse_duration(stripped)
-    except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(stripped)
-    except ValueError:
-        raise ValueError(
-            f"invalid time {text!r}: use an ISO 8601 datetime (2024-05-01T10:00:00Z) "
-            "or a duration ago (10m, 2h, 7d)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def resolve_time(bound: TimeBound | None, now: dt.datetime) -> dt.datetime | None:
-    if bound is None or isinstance(bound, dt.datetime):
-        return bound
-    return now - bound
-
-
-def topic_regex(pattern: str) -> str:
-    """A POSIX regular expression that ``'.' || topic`` matches exactly when
-    :func:`outbox.routing.topic_matches` says ``topic`` matches ``pattern``."""
-    validate_pattern(pattern)
-    pieces = []
-    for segment in pattern.split("."):
-        if segment == "#":
-            pieces.append(r"(\.[^.]+)*")
-        elif segment == "*":
-            pieces.append(r"\.[^.]+")
-        else:  # letters, digits, '_' and '-': nothing to escape
-            pieces.append(r"\." + segment)
-    return "^" + "".join(pieces) + "$"
+# Each repair's statement in outbox/sql/queries.sql (admin section).
+_REPAIRS: dict[Action, str] = {
+    "retry": "retry_batch",
+    "replay": "replay_batch",
+    "purge": "purge_batch",
+}
 
 
 # -- records ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EventFilter:
-    """Which events: every field that is not ``None`` narrows the selection."""
-
-    ids: tuple[int, ...] | None = None
-    statuses: tuple[str, ...] | None = None
-    topic: str | None = None
-    key: str | None = None
-    sink: str | None = None
-    sink_status: str | None = None
-    since: TimeBound | None = None
-    until: TimeBound | None = None
-    done_before: TimeBound | None = None
-
-    def __post_init__(self) -> None:
-        if self.topic is not None:
-            validate_pattern(self.topic)
-        for status in self.statuses or ():
-            if status not in STATUSES:
-                raise ValueError(f"unknown status {status!r}: one of {', '.join(STATUSES)}")
-        if self.sink_status is not None:
-            if self.sink is None:
-                raise ValueError("a sink status needs a sink")
-            if self.sink_status not in SINK_STATUSES:
-                raise ValueError(
-                    f"unknown sink status {self.sink_status!r}: one of {', '.join(SINK_STATUSES)}"
-                )
-
-    def resolved(self, now: dt.datetime) -> EventFilter:
-        """The same filter with relative times turned into database times."""
-        return dataclasses.replace(
-            self,
-            since=resolve_time(self.since, now),
-            until=resolve_time(self.until, now),
-            done_before=resolve_time(self.done_before, now),
-        )
-
-    def params(self) -> dict[str, Any]:
-        """Parameters for ``_FILTERS``; call on a :meth:`resolved` filter."""
-        return {
-            "ids": list(self.ids) if self.ids else None,
-            "statuses": list(self.statuses) if self.statuses else None,
-            "topic_re": topic_regex(self.topic) if self.topic else None,
-            "key": self.key,
-            "sink": self.sink,
-            "sink_status": self.sink_status,
-            "since": self.since,
-            "until": self.until,
-            "done_before": self.done_before,
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,8 +184,14 @@ class Plan:
 # -- reading ---------------------------------------------------------------------------------
 
 
+@functools.cache
+def _now_statement() -> bytes:
+    # The one statement over no table, so it needs no schema: rendered once, on first use.
+    return _queries.render("database_now")
+
+
 async def database_now(conn: Connection) -> dt.datetime:
-    cursor = await conn.execute(_NOW)
+    cursor = await conn.execute(_now_statement())
     record = await cursor.fetchone()
     assert record is not None
     moment: dt.datetime = record[0]
@@ -516,23 +211,25 @@ async def status(conn: Connection, schema: str) -> Status:
         lag=await _lag(conn, schema),
         parked_keys=parked_total,
         parked=parked,
-        failing_sinks=[FailingSink(*r) for r in await _fetch(conn, schema, _FAILING_SINKS)],
+        failing_sinks=[FailingSink(*r) for r in await _fetch(conn, schema, "failing_sinks")],
         disabled_sinks=await disabled_sinks(conn, schema),
-        relays=[RelayLeases(*r) for r in await _fetch(conn, schema, _RELAYS)],
+        relays=[RelayLeases(*r) for r in await _fetch(conn, schema, "relay_leases")],
         connected=await _connected(conn, schema),
     )
 
 
 async def _connected(conn: Connection, schema: str) -> list[ConnectedRelay]:
     prefix = RELAY_APPLICATION_PREFIX
-    found = await _fetch(conn, schema, _CONNECTED, {"prefix": prefix, "prefix_length": len(prefix)})
+    found = await _fetch(
+        conn, schema, "connected_relays", {"prefix": prefix, "prefix_length": len(prefix)}
+    )
     return [ConnectedRelay(*record) for record in found]
 
 
 async def _fetch(
-    conn: Connection, schema: str, template: str, params: dict[str, Any] | None = None
+    conn: Connection, schema: str, name: str, params: dict[str, Any] | None = None
 ) -> list[tuple[Any, ...]]:
-    cursor = await conn.execute(_render(template, schema), params)
+    cursor = await conn.execute(_queries.for_schema(schema)[name], params)
     return list(await cursor.fetchall())
 
 
@@ -541,14 +238,14 @@ async def _counts(
 ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     topics: dict[str, dict[str, int]] = {}
     totals = dict.fromkeys(STATUSES, 0)
-    for topic, event_status, count in await _fetch(conn, schema, _COUNTS):
+    for topic, event_status, count in await _fetch(conn, schema, "event_counts"):
         topics.setdefault(topic, dict.fromkeys(STATUSES, 0))[event_status] = count
         totals[event_status] += count
     return topics, totals
 
 
 async def _lag(conn: Connection, schema: str) -> Lag | None:
-    found = await _fetch(conn, schema, _LAG)
+    found = await _fetch(conn, schema, "event_lag")
     if not found:
         return None
     due, event_id, topic, _process_at, created_at, seconds = found[0]
@@ -556,7 +253,7 @@ async def _lag(conn: Connection, schema: str) -> Lag | None:
 
 
 async def _parked(conn: Connection, schema: str) -> tuple[int, list[ParkedKey]]:
-    found = await _fetch(conn, schema, _PARKED, {"limit": PARKED_SHOWN})
+    found = await _fetch(conn, schema, "parked_keys", {"limit": PARKED_SHOWN})
     total = found[0][-1] if found else 0
     return total, [ParkedKey(key, i, t, e, at, w) for key, i, t, e, at, w, _ in found]
 
@@ -566,7 +263,7 @@ async def list_events(
 ) -> list[EventSummary]:
     """Events matching ``selection``, newest first, at most ``limit``."""
     resolved = selection.resolved(await database_now(conn))
-    found = await _fetch(conn, schema, _LIST, {**resolved.params(), "limit": limit})
+    found = await _fetch(conn, schema, "list_events", {**resolved.params(), "limit": limit})
     return [_summary(record) for record in found]
 
 
@@ -589,13 +286,13 @@ def _summary(record: tuple[Any, ...]) -> EventSummary:
 
 
 async def get_event(conn: Connection, schema: str, event_id: int) -> EventDetail | None:
-    found = await _fetch(conn, schema, _SHOW, {"id": event_id})
+    found = await _fetch(conn, schema, "show_event", {"id": event_id})
     return EventDetail(*found[0]) if found else None
 
 
 async def disabled_sinks(conn: Connection, schema: str) -> list[DisabledSink]:
     """Sinks switched off by an operator or a 410 Gone."""
-    return [DisabledSink(*record) for record in await _fetch(conn, schema, _DISABLED)]
+    return [DisabledSink(*record) for record in await _fetch(conn, schema, "disabled_sinks")]
 
 
 # -- repairing -------------------------------------------------------------------------------
@@ -659,7 +356,7 @@ async def plan_purge(
 
 async def _plan(conn: Connection, schema: str, action: Action, selection: EventFilter) -> Plan:
     resolved = selection.resolved(await database_now(conn))
-    found = await _fetch(conn, schema, _MATCH, resolved.params())
+    found = await _fetch(conn, schema, "match_repair", resolved.params())
     matched, upto = found[0]
     return Plan(action, resolved, matched, upto)
 
@@ -680,7 +377,7 @@ async def apply(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    statement = _render(_REPAIRS[plan.action], schema)
+    statement = _queries.for_schema(schema)[_REPAIRS[plan.action]]
     params = {**plan.selection.params(), "upto": plan.upto, "limit": batch_size}
     touched, after = 0, 0
     while True:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from outbox.exceptions import RetryableError
 from outbox.hookspecs import RegisterSink, hookimpl
 from outbox.sinks import Event, Sink
 
@@ -79,13 +80,25 @@ class CallableSink(Sink):
     async def deliver(self, event: Event) -> None:
         await self._call([event] if self._batch else event)
 
-    async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
+    async def deliver_batch(
+        self,
+        events: Sequence[Event],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the base class's signature)
+    ) -> list[BaseException | None]:
         if not self._batch:
-            return await super().deliver_batch(events)
+            return await super().deliver_batch(events, timeout=timeout)
+        # One call for the batch, under the deadline the base class would give each event.
+        limits = (timeout, self.delivery_timeout)
+        deadline = min((limit for limit in limits if limit is not None), default=None)
+        cutoff = asyncio.timeout(deadline)
         try:
-            await self._call(list(events))
+            async with cutoff:
+                await self._call(list(events))
         except Exception as error:
-            return [error] * len(events)
+            if not cutoff.expired():
+                return [error] * len(events)
+            return [RetryableError(f"delivery timed out after {deadline:g}s")] * len(events)
         return [None] * len(events)
 
     async def _call(self, argument: object) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -28,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from sqlalchemy import Integer, Numeric, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import outbox
+from outbox import _queries, runtime
 from outbox._embedded import start_embedded
 from outbox._urls import libpq_url, sqlalchemy_url, with_database
-from outbox.plugins import build_sinks, make_plugin_manager, sink_types
-from outbox.relay import Relay, RelayOptions
-from outbox.retry import RetryPolicy
-from outbox.routing import Subscription
-from outbox.settings import SinkSettings
+from outbox.migrate import DEFAULT_SCHEMA
+from outbox.settings import Settings
 from outbox.sinks import Event
 
 DEMO_DATABASE = "outbox_demo"
 AUDIT_SCHEMA = "outbox_demo_audit"
+_EVENTS = _queries.for_schema(DEFAULT_SCHEMA)  # where outbox.migrate() puts the tables
 
 
 def default_data_dir() -> Path:
@@ -88,11 +89,12 @@ def run_demo(database_url: str | None, data_dir: Path, orders: int) -> int:
     embedded_dir = None if database_url else data_dir
     outbox.migrate(url)
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM outbox_events").fetchone()
+        row = conn.execute(_EVENTS["demo_next_id"]).fetchone()
         first_id = int(row[0]) if row else 1
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     with _receiver(secret) as receiver_url:
-        return asyncio.run(_demo(url, receiver_url, secret, orders, first_id, embedded_dir))
+        settings = _settings(url, receiver_url, secret)
+        return asyncio.run(_demo(settings, url, orders, first_id, embedded_dir))
 
 
 def _prepare_database(database_url: str | None, data_dir: Path) -> str:
@@ -107,19 +109,17 @@ def _prepare_database(database_url: str | None, data_dir: Path) -> str:
     # Left running when the demo ends, so that the commands it prints work; `outbox demo
     # --stop` stops it.
     server = start_embedded(data_dir, cleanup=None)
+    database = sql.Identifier(DEMO_DATABASE)
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+        conn.execute(_queries.render("demo_drop_database", database=database))
+        conn.execute(_queries.render("demo_create_database", database=database))
     return with_database(server, DEMO_DATABASE)
 
 
 async def _demo(
-    url: str, receiver_url: str, secret: str, orders: int, first_id: int, embedded_dir: Path | None
+    settings: Settings, url: str, orders: int, first_id: int, embedded_dir: Path | None
 ) -> int:
-    sinks = build_sinks(_sink_settings(receiver_url, secret), sink_types(make_plugin_manager()))
-    subscriptions = [Subscription(("order.#",), ("app", "billing", "audit"))]
-    options = RelayOptions(poll_interval=0.5, retry=RetryPolicy(base_seconds=0.2, cap_seconds=2))
-    relay = Relay(url, sinks, subscriptions, options)
+    relay = runtime.build_relay(settings)
     relay_task = asyncio.create_task(relay.run())
     expected = await asyncio.to_thread(_run_app, url, orders)
     _say(
@@ -134,14 +134,23 @@ async def _demo(
     return _report(url, expected, first_id, embedded_dir)
 
 
-def _sink_settings(receiver_url: str, secret: str) -> dict[str, SinkSettings]:
-    return {
-        "app": SinkSettings(type="callable", target="outbox.demo:on_order_event"),
-        "billing": SinkSettings(
-            type="webhook", url=receiver_url, secret=secret, allowed_networks=["127.0.0.1/32"]
-        ),
-        "audit": SinkSettings(type="postgres", schema=AUDIT_SCHEMA, table="events"),
-    }
+def _settings(url: str, receiver_url: str, secret: str) -> Settings:
+    """Three sinks subscribed to every order event; a relay that polls and retries quickly."""
+    return Settings.from_values(
+        database_url=url,
+        relay={"poll_interval": 0.5, "backoff_base": 0.2, "backoff_cap": 2},
+        sinks={
+            "app": {"type": "callable", "target": "outbox.demo:on_order_event"},
+            "billing": {
+                "type": "webhook",
+                "url": receiver_url,
+                "secret": secret,
+                "allowed_networks": ["127.0.0.1/32"],
+            },
+            "audit": {"type": "postgres", "schema": AUDIT_SCHEMA, "table": "events"},
+        },
+        subscriptions=[{"topics": ["order.#"], "sinks": ["app", "billing", "audit"]}],
+    )
 
 
 def _run_app(url: str, orders: int) -> set[int]:
@@ -209,23 +218,24 @@ def _delivered(url: str, expected: set[int]) -> dict[str, int]:
 
 def _audit_ids(url: str) -> set[int]:
     with psycopg.connect(url) as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", [f"{AUDIT_SCHEMA}.events"]).fetchone()
+        table = {"table": f"{AUDIT_SCHEMA}.events"}
+        exists = conn.execute(_queries.render("demo_table_exists"), table).fetchone()
         if not exists or exists[0] is None:
             return set()
-        return {row[0] for row in conn.execute(f"SELECT event_id FROM {AUDIT_SCHEMA}.events")}
+        return {row[0] for row in conn.execute(_audit_statement("demo_sink_table_ids"))}
+
+
+@functools.cache
+def _audit_statement(name: str) -> bytes:
+    return _queries.render(name, target=sql.Identifier(AUDIT_SCHEMA, "events"))
 
 
 def _report(url: str, expected: set[int], first_id: int, embedded_dir: Path | None) -> int:
     with psycopg.connect(url) as conn:
-        statuses: dict[str, int] = dict(
-            conn.execute(
-                "SELECT status, count(*) FROM outbox_events WHERE id >= %s GROUP BY status",
-                [first_id],
-            ).fetchall()
-        )
+        since = {"first_id": first_id}
+        statuses: dict[str, int] = dict(conn.execute(_EVENTS["demo_statuses"], since).fetchall())
         cancelled = conn.execute(
-            "SELECT count(*) FROM outbox_events WHERE topic = 'order.cancelled' AND id >= %s",
-            [first_id],
+            _EVENTS["demo_topic_count"], {"topic": "order.cancelled", **since}
         ).fetchone()
     cancelled_count = cancelled[0] if cancelled else -1
     audit = _audit_ids(url)
@@ -251,8 +261,8 @@ def _report(url: str, expected: set[int], first_id: int, embedded_dir: Path | No
     outbox_command = _outbox_command()
     print(f"    {outbox_command} events list --database-url '{url}' --limit 5")
     print(f"    {outbox_command} status --database-url '{url}'")
-    print(f"    psql '{url}' -c 'SELECT id, topic, status, deliveries FROM outbox_events LIMIT 5'")
-    print(f"    psql '{url}' -c 'SELECT event_id, topic FROM {AUDIT_SCHEMA}.events LIMIT 5'")
+    for peek in (_EVENTS["demo_peek_events"], _audit_statement("demo_peek_sink_table")):
+        print(f"    psql '{url}' -c '{peek.decode()}'")
     if embedded_dir is not None:
         stop = f"{outbox_command} demo --stop{_dir_flag(embedded_dir)}"
         print(f"  The embedded server keeps running; stop it with: {stop}")

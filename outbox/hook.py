@@ -9,50 +9,37 @@ across entities and the session. A savepoint or transaction that rolls back disc
 events recorded inside it, and so do ``Session.close()`` and ``reset()`` without a commit,
 so nothing recorded in an abandoned unit of work is ever written.
 
-On psycopg (3) connections the events of a flush ride on its first ``INSERT ... RETURNING``
-executed once (not ``executemany``), usually the business row's: the statement gets the
-events' insert as a data-modifying CTE and their ids as one more returned column, so writing
-them costs no statement and no round trip of its own
-(docs/decisions/0006-the-cost-of-publishing.md). A flush without such an INSERT, events with
-a dedup key, and other drivers write the events as one statement of their own.
+On psycopg (3) connections the events of a flush are written by its first
+``INSERT ... RETURNING`` executed once (not ``executemany``), usually the business row's: the
+statement gets the events' insert as a data-modifying CTE and their ids as one more returned
+column, so writing them costs no statement and no round trip of its own
+(:mod:`outbox._flush_insert`, docs/decisions/0006-the-cost-of-publishing.md). A flush without
+such an INSERT, events with a dedup key, and other drivers write the events as one statement
+of their own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
-import re
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, object_session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import flag_dirty
 
-from outbox.publish import (
-    RIDE_IDS_COLUMN,
-    RIDE_PARAMETERS,
-    OutboxEvent,
-    apply_ride_ids,
-    carrying,
-    find_ride_ids,
-    parse_ride_ids,
-    prepare_event,
-    write_events_sqlalchemy,
-)
+from outbox._flush_insert import finish_flush, forget_flush, write_with_first_insert
+from outbox._validation import OutboxEvent, prepare_event
+from outbox._writer import write_events_sqlalchemy
 
 __all__ = ["EventSource", "install"]
 
 _SOURCES = "outbox.sources"  # session.info: entities holding staged events
 _PUBLISHED = "outbox.published"  # session.info: events given to publish() on the session
-_RIDE = "outbox.ride"  # session.info and connection.info: a flush's events, to ride an INSERT
 # Set on a session class the hook listens on; subclasses inherit it, and the listeners.
 _INSTALLED_FLAG = "_outbox_hook_installed"
-_hooked_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 # Orders staged events across entities, so that ids follow the order of record_event calls.
 _record_order = itertools.count()
 
@@ -157,119 +144,6 @@ def _write_staged(session: Session) -> None:
         write_events_sqlalchemy(session.connection(), events)
 
 
-# -- riding on an INSERT of the flush ----------------------------------------------------
-
-
-@dataclasses.dataclass(eq=False)
-class _Ride:
-    """Events of a flush waiting for the flush's first INSERT that can carry them."""
-
-    connection: Connection
-    events: list[OutboxEvent]
-    carrier: str | None = None  # the statement sent with them
-
-
-_INSERT_RETURNING = re.compile(r"\s*INSERT\s.*\sRETURNING\s", re.DOTALL)
-
-
-def _stage_ride(session: Session, events: list[OutboxEvent]) -> None:
-    """Let the events ride on the flush's first INSERT ... RETURNING, or write them now."""
-    connection = session.connection()
-    dialect = connection.dialect
-    rideable = (
-        dialect.driver == "psycopg"
-        and not dialect.is_async
-        and dialect.paramstyle == "pyformat"
-        # A duplicate dedup key inserts no row: its id needs a lookup of its own.
-        and not any(outbox_event.dedup_key for outbox_event in events)
-    )
-    if not rideable:
-        write_events_sqlalchemy(connection, events)
-        return
-    _hook_engine(connection.engine)
-    session.info[_RIDE] = connection.info[_RIDE] = _Ride(connection, events)
-
-
-def _finish_ride(session: Session) -> None:
-    """At the end of a flush: write the events no INSERT carried, or read back their ids."""
-    ride: _Ride | None = session.info.pop(_RIDE, None)
-    if ride is None:
-        return
-    ride.connection.info.pop(_RIDE, None)
-    if ride.carrier is None:
-        write_events_sqlalchemy(ride.connection, ride.events)
-    elif ride.events[0].id is None:  # the carrier returned no row to read them from
-        find_ride_ids(ride.connection, ride.events)
-
-
-def _drop_ride(session: Session) -> None:
-    ride: _Ride | None = session.info.pop(_RIDE, None)
-    if ride is not None:
-        ride.connection.info.pop(_RIDE, None)
-
-
-def _hook_engine(engine: Engine) -> None:
-    if engine not in _hooked_engines:
-        event.listen(engine, "before_cursor_execute", _board, retval=True)
-        event.listen(engine, "after_cursor_execute", _read_ride_ids)
-        event.listen(engine, "commit", _write_left_ride)
-        _hooked_engines.add(engine)
-
-
-def _write_left_ride(conn: Connection) -> None:
-    # A flush whose before_flush hooks left it nothing to do ends without after_flush_postexec:
-    # its events are written here, before the COMMIT.
-    ride: _Ride | None = conn.info.pop(_RIDE, None)
-    if ride is not None and ride.carrier is None and ride.connection is conn:
-        write_events_sqlalchemy(conn, ride.events)
-
-
-def _board(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> tuple[str, Any]:
-    ride: _Ride | None = conn.info.get(_RIDE)
-    if (
-        ride is None
-        or ride.carrier is not None
-        or ride.connection is not conn
-        or executemany
-        or not isinstance(parameters, dict)
-        or not RIDE_PARAMETERS.isdisjoint(parameters)
-        or not hasattr(cursor, "pgresult")
-        or not _INSERT_RETURNING.match(statement)
-    ):
-        return statement, parameters
-    ride.carrier, added = carrying(statement, ride.events)
-    return ride.carrier, {**parameters, **added}
-
-
-def _read_ride_ids(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    ride: _Ride | None = conn.info.get(_RIDE)
-    if ride is None or statement is not ride.carrier or ride.connection is not conn:
-        return
-    # Read from the result without moving the cursor: SQLAlchemy fetches the rows next.
-    result = cursor.pgresult
-    if (
-        result is None
-        or result.ntuples == 0  # a trigger skipped the row: _finish_ride looks the ids up
-        or result.fname(result.nfields - 1) != RIDE_IDS_COLUMN.encode()
-    ):
-        return
-    apply_ride_ids(ride.events, parse_ride_ids(result.get_value(0, result.nfields - 1)))
-
-
 def _is_within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
     """True if ``transaction`` is ``ended`` or was begun inside it."""
     if transaction is None:
@@ -300,14 +174,14 @@ def _sources_after_rollback(session: Session) -> Iterable[EventSource]:
 
 
 def _before_flush(session: Session, flush_context: object, instances: object) -> None:
-    _finish_ride(session)  # a ride left by a flush that found nothing to do
+    finish_flush(session)  # events left by a flush that found nothing to do
     events = _take_staged(session)
     if events:
-        _stage_ride(session, events)
+        write_with_first_insert(session, events)
 
 
 def _after_flush_postexec(session: Session, flush_context: object) -> None:
-    _finish_ride(session)
+    finish_flush(session)
     # Events recorded during the flush (in mapper events such as after_insert) are written
     # by that flush; the commit that ran it would otherwise end without them.
     _write_staged(session)
@@ -316,19 +190,19 @@ def _after_flush_postexec(session: Session, flush_context: object) -> None:
 def _before_commit(session: Session) -> None:
     if session.new or session.dirty or session.deleted:
         return  # the commit flushes next, and that flush writes the events
-    _finish_ride(session)
+    finish_flush(session)
     _write_staged(session)
 
 
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    _drop_ride(session)
+    forget_flush(session)
     _discard_rolled_back(session, previous_transaction)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     # A flush that failed ends its own transaction here: its events went with the rollback.
-    # A successful flush has finished its ride before its transaction ends.
-    _drop_ride(session)
+    # A successful flush has finished with its events before its transaction ends.
+    forget_flush(session)
     # Session.close() and reset() end the transaction without a rollback event; a commit has
     # written everything by now. Either way, nothing staged may leak into the next one.
     if transaction.parent is None:

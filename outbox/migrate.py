@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from outbox._identifiers import validate_identifier
+from outbox._queries import for_schema, render
 from outbox.exceptions import MigrationError
 
 DEFAULT_SCHEMA = "public"
@@ -47,48 +48,35 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def _render(migration: Migration) -> str:
+def _sql_of(migration: Migration) -> str:
     # 0001 created a NOTIFY trigger on this channel; 0003 drops it (publishers notify).
-    return migration.sql.replace(":channel", f"'{DEFAULT_CHANNEL}'")
+    return migration.sql.replace(":channel", sql.Literal(DEFAULT_CHANNEL).as_string(None))
 
 
 def _lock_key(schema: str) -> str:
     return f"outbox-migrate:{schema}"
 
 
-def _bootstrap(schema: str) -> sql.Composed:
-    return sql.SQL(
-        "CREATE SCHEMA IF NOT EXISTS {schema};\n"
-        "CREATE TABLE IF NOT EXISTS {schema}.outbox_migrations (\n"
-        "    version integer NOT NULL,\n"
-        "    name text NOT NULL,\n"
-        "    applied_at timestamptz NOT NULL DEFAULT now(),\n"
-        "    CONSTRAINT outbox_migrations_pkey PRIMARY KEY (version)\n"
-        ");\n"
-    ).format(schema=sql.Identifier(schema))
-
-
-def _record(schema: str, migration: Migration) -> sql.Composed:
-    return sql.SQL(
-        "INSERT INTO {schema}.outbox_migrations (version, name) VALUES ({v}, {n});\n"
-    ).format(
-        schema=sql.Identifier(schema),
-        v=sql.Literal(migration.version),
-        n=sql.Literal(migration.name),
+def _record(schema: str, migration: Migration) -> bytes:
+    return render(
+        "record_migration",
+        migrations=sql.Identifier(schema, "outbox_migrations"),
+        version=sql.Literal(migration.version),
+        migration_name=sql.Literal(migration.name),
     )
 
 
 def migration_script(*, schema: str = DEFAULT_SCHEMA) -> str:
     """The SQL of every migration as one script, for teams that apply migrations themselves."""
     validate_identifier(schema, "schema")
-    parts = ["BEGIN;\n", _bootstrap(schema).as_string(None)]
-    parts.append(
-        sql.SQL("SET LOCAL search_path TO {};\n").format(sql.Identifier(schema)).as_string(None)
-    )
+    statements = for_schema(schema)
+    parts = ["BEGIN;\n"]
+    for name in ("create_migrations_table", "use_schema"):
+        parts.append(statements[name].decode() + ";\n")
     for migration in available_migrations():
         parts.append(f"\n-- {migration.version:04d}_{migration.name}\n")
-        parts.append(_render(migration))
-        parts.append(_record(schema, migration).as_string(None))
+        parts.append(_sql_of(migration))
+        parts.append(_record(schema, migration).decode() + ";\n")
     parts.append("COMMIT;\n")
     return "".join(parts)
 
@@ -102,23 +90,19 @@ def migrate(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
     validate_identifier(schema, "schema")
     from outbox._urls import libpq_url
 
+    statements = for_schema(schema)
     with psycopg.connect(libpq_url(url)) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [_lock_key(schema)])
-        conn.execute(_bootstrap(schema))
-        applied = _applied_versions(conn, schema)
+        conn.execute(statements["lock_migrations"], {"lock_key": _lock_key(schema)})
+        conn.execute(statements["create_migrations_table"])
+        applied = {int(str(row[0])) for row in conn.execute(statements["applied_migrations"])}
         pending = [m for m in available_migrations() if m.version not in applied]
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(statements["use_schema"])
         for migration in pending:
             try:
-                conn.execute(_render(migration).encode())
+                conn.execute(_sql_of(migration).encode())
             except psycopg.Error as error:
                 raise MigrationError(
                     f"migration {migration.version:04d}_{migration.name} failed: {error}"
                 ) from error
             conn.execute(_record(schema, migration))
         return pending
-
-
-def _applied_versions(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> set[int]:
-    query = sql.SQL("SELECT version FROM {}.outbox_migrations").format(sql.Identifier(schema))
-    return {int(str(row[0])) for row in conn.execute(query)}

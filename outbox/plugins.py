@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from outbox import hookspecs
 from outbox.exceptions import ConfigError, PluginError
-from outbox.settings import SinkSettings
 
 if TYPE_CHECKING:
+    from outbox.settings import SinkSettings
     from outbox.sinks import Sink
 
 BUILTIN_PLUGINS = ("outbox.callable_sink", "outbox.postgres_sink", "outbox.webhook_sink")
@@ -127,7 +127,7 @@ def build_sinks(
 ) -> dict[str, Sink]:
     """Validate each ``[sinks.NAME]`` with its type's model and build the enabled sinks.
 
-    Raises :class:`~outbox.settings.ConfigError` listing every problem with its location.
+    Raises :class:`~outbox.exceptions.ConfigError` listing every problem with its location.
     """
     errors: list[tuple[str, str]] = []
     sinks: dict[str, Sink] = {}

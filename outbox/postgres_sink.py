@@ -24,36 +24,12 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from outbox._identifiers import validate_identifier
+from outbox._queries import render
 from outbox._urls import libpq_url
 from outbox.exceptions import PermanentError, RetryableError
 from outbox.hookspecs import RegisterSink, hookimpl
-from outbox.settings import Secret
+from outbox.secrets import Secret
 from outbox.sinks import Event, Sink
-
-# Creates the target table if it is missing; an advisory lock keeps concurrent relays from
-# racing on the catalog.
-_CREATE = """
-SELECT pg_advisory_xact_lock(hashtextextended({lock_key}, 0));
-CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {table} (
-    event_id     bigint      NOT NULL PRIMARY KEY,
-    topic        text        NOT NULL,
-    key          text,
-    payload      jsonb       NOT NULL,
-    headers      jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
-    created_at   timestamptz NOT NULL,
-    delivered_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-# Inserts a batch; an event already there is left alone (primary key on event_id).
-_INSERT = """
-INSERT INTO {table} (event_id, topic, key, payload, headers, created_at)
-SELECT r.event_id, r.topic, r.key, r.payload, r.headers, r.created_at
-FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
-    event_id bigint, topic text, key text, payload jsonb, headers jsonb, created_at timestamptz)
-ON CONFLICT (event_id) DO NOTHING
-"""
 
 
 class PostgresOptions(BaseModel):
@@ -79,13 +55,14 @@ class PostgresSink(Sink):
         super().__init__()
         self._options = options
         self.transactional = options.dsn is None
-        table = sql.Identifier(options.db_schema, options.table)
-        self._create = sql.SQL(_CREATE).format(
+        target = sql.Identifier(options.db_schema, options.table)
+        self._create = render(
+            "create_sink_table",
             lock_key=sql.Literal(f"outbox-sink:{options.db_schema}.{options.table}"),
-            schema=sql.Identifier(options.db_schema),
-            table=table,
+            target_schema=sql.Identifier(options.db_schema),
+            target=target,
         )
-        self._insert = sql.SQL(_INSERT).format(table=table)
+        self._insert = render("insert_sink_rows", target=target)
         self._created = not options.create_table
         self._conn: psycopg.AsyncConnection[Any] | None = None
         # One connection, one transaction at a time: concurrent batches would nest as
@@ -103,9 +80,25 @@ class PostgresSink(Sink):
         await self._write(conn, events)
         return [None] * len(events)
 
-    async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
-        async with self._lock:
-            return await self._deliver_batch(events)
+    async def deliver_batch(
+        self,
+        events: Sequence[Event],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the base class's signature)
+    ) -> list[BaseException | None]:
+        """Write ``events`` in one transaction, all within the shorter of ``timeout`` and
+        :attr:`delivery_timeout` (waiting for an earlier batch included), or none of them."""
+        limits = (timeout, self.delivery_timeout)
+        deadline = min((limit for limit in limits if limit is not None), default=None)
+        cutoff = asyncio.timeout(deadline)
+        try:
+            async with cutoff, self._lock:
+                return await self._deliver_batch(events)
+        except TimeoutError:
+            if not cutoff.expired():
+                raise
+            # psycopg cancelled the statement on the server; the transaction rolled back.
+            return [RetryableError(f"delivery timed out after {deadline:g}s")] * len(events)
 
     async def _deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
         try:

@@ -11,11 +11,10 @@ import datetime as dt
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from outbox.exceptions import PermanentError, RetryableError
-
-EventStatus = Literal["pending", "done", "failed"]
+from outbox.records import Settlement
 
 DELIVERED = "delivered"
 RETRYING = "retrying"
@@ -90,17 +89,6 @@ def _describe(error: BaseException) -> str:
     # sink's exception must not make the settle statement fail.
     text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     return text[:MAX_ERROR_LENGTH]
-
-
-@dataclasses.dataclass(frozen=True)
-class Settlement:
-    """What to write back for one claimed event."""
-
-    status: EventStatus
-    process_at: dt.datetime | None
-    deliveries: dict[str, dict[str, Any]]
-    errors: list[dict[str, Any]]
-    last_error: str | None
 
 
 def sinks_due(

@@ -7,18 +7,14 @@ key, with its default, is documented in ``config/outbox.toml``.
 
 from __future__ import annotations
 
-import os
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -36,28 +32,10 @@ from outbox._identifiers import validate_identifier
 from outbox.exceptions import ConfigError
 from outbox.retry import RetryPolicy
 from outbox.routing import Subscription, validate_pattern
+from outbox.secrets import Secret
 
 DEFAULT_CONFIG_FILE = Path("config/outbox.toml")
 SINK_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
-
-
-def resolve_secret(value: Any) -> Any:
-    """``{ env = "NAME" }`` and ``{ file = "path" }`` become the secret they point to."""
-    if isinstance(value, Mapping) and set(value) in ({"env"}, {"file"}):
-        if "env" in value:
-            name = str(value["env"])
-            if name not in os.environ:
-                raise ValueError(f"environment variable {name} is not set")
-            return SecretStr(os.environ[name])
-        path = Path(str(value["file"])).expanduser()
-        try:
-            return SecretStr(path.read_text(encoding="utf-8").strip())
-        except OSError as error:
-            raise ValueError(f"cannot read secret file {path}: {error.strerror}") from error
-    return value
-
-
-Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
 
 
 class RelaySettings(BaseModel):
@@ -207,6 +185,31 @@ class Settings(BaseSettings):
 
     def subscription_list(self) -> list[Subscription]:
         return [item.subscription() for item in self.subscriptions]
+
+    @classmethod
+    def from_values(cls, **values: Any) -> Settings:
+        """``values`` over the defaults, validated, reading neither the environment nor a
+        file: for the demo, tests and benchmarks, which configure in code. Raises
+        :class:`ConfigError` as :func:`load_settings` does."""
+        try:
+            return _SettingsInCode(**values)
+        except ValidationError as error:
+            raise ConfigError(_locate(error)) from None
+
+
+class _SettingsInCode(Settings):
+    """Settings whose only source is the arguments (:meth:`Settings.from_values`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

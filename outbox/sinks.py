@@ -5,6 +5,9 @@ optional :meth:`Sink.aclose`, and use as an async context manager. Raise
 :class:`~outbox.RetryableError` (optionally with ``retry_after``) or
 :class:`~outbox.PermanentError`; any other exception counts as retryable.
 
+The relay calls :meth:`Sink.deliver_batch` with its share of a batch and the relay's
+``delivery_timeout`` as ``timeout``; it never changes a sink's attributes.
+
 Delivery is at least once: the same event may reach a sink again after a crash, so sinks
 use :attr:`Event.id` as their idempotency key.
 """
@@ -46,17 +49,39 @@ def _cancel_unfinished(tasks: Sequence[asyncio.Task[Any]]) -> None:
         task.cancel()  # a no-op for tasks already done
 
 
+def _shorter(first: float | None, second: float | None) -> float | None:
+    """The shorter of two deadlines, either of which may be None (none)."""
+    if first is None:
+        return second
+    return first if second is None else min(first, second)
+
+
+def _timed_out(deadline: float | None) -> RetryableError:
+    if deadline is None:  # no deadline: cancelled some other way
+        return RetryableError("delivery was cancelled")
+    return RetryableError(f"delivery timed out after {deadline:g}s")
+
+
 class Sink:
     """Base class of every sink type.
 
     Subclasses implement :meth:`deliver`. Those that can deliver many events in one request
-    override :meth:`deliver_batch` too. ``concurrency`` bounds how many deliveries of this
-    sink run at once across the relay.
+    override :meth:`deliver_batch` too, with the same signature::
+
+        async def deliver_batch(
+            self, events: Sequence[Event], *, timeout: float | None = None
+        ) -> list[BaseException | None]: ...
+
+    ``timeout`` is the relay's ``delivery_timeout`` (seconds from the start of the batch;
+    None: no deadline); an overriding ``deliver_batch`` respects it too (the relay cuts off
+    a batch that overruns it by half the remaining lease). ``concurrency`` bounds how many
+    deliveries of this sink run at once across the relay.
     """
 
     concurrency: int = 16
     delivery_timeout: float | None = None
-    """Seconds a batch may take; the relay sets it from its own ``delivery_timeout``."""
+    """This sink's own deadline for a batch, in seconds, if it wants one shorter than the
+    ``timeout`` the relay passes to :meth:`deliver_batch` (the shorter of the two wins)."""
     transactional: bool = False
     """True for sinks that write into the outbox's own database: the relay then calls
     :meth:`deliver_in_transaction` inside the transaction that settles the batch."""
@@ -70,25 +95,32 @@ class Sink:
         """Deliver one event; return normally only once the receiver has it."""
         raise NotImplementedError
 
-    async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
+    async def deliver_batch(
+        self,
+        events: Sequence[Event],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a deadline per event, not the call's)
+    ) -> list[BaseException | None]:
         """Deliver several events; return, in order, ``None`` for each success or its error.
 
-        Each event gets until ``delivery_timeout`` after the batch started: one slow event
-        times out alone, and the events already delivered keep their success.
+        Each event gets until ``timeout`` seconds after the batch started (or this sink's
+        :attr:`delivery_timeout`, if set and shorter): one slow event times out alone, and
+        the events already delivered keep their success.
         """
+        deadline = _shorter(timeout, self.delivery_timeout)
         # What an event not delivered by the deadline keeps; the others overwrite theirs.
-        results: list[BaseException | None] = [self._timed_out()] * len(events)
+        results: list[BaseException | None] = [_timed_out(deadline)] * len(events)
         todo = iter(enumerate(events))
         # A few workers take the events in turn, under one timer for the batch: a task or a
         # timeout per event was most of a fast sink's time.
         loop = asyncio.get_running_loop()
         workers = [
-            loop.create_task(self._work(todo, results))
+            loop.create_task(self._work(todo, results, deadline))
             for _ in range(min(self.concurrency, len(events)))
         ]
         timer = None
-        if self.delivery_timeout is not None:
-            timer = loop.call_at(loop.time() + self.delivery_timeout, _cancel_unfinished, workers)
+        if deadline is not None:
+            timer = loop.call_at(loop.time() + deadline, _cancel_unfinished, workers)
         try:
             await asyncio.gather(*workers, return_exceptions=True)
         finally:
@@ -97,15 +129,18 @@ class Sink:
         return results
 
     async def _work(
-        self, todo: Iterator[tuple[int, Event]], results: list[BaseException | None]
+        self,
+        todo: Iterator[tuple[int, Event]],
+        results: list[BaseException | None],
+        deadline: float | None,
     ) -> None:
         if self._limit is None:
             self._limit = asyncio.Semaphore(self.concurrency)
         async with self._limit:  # a worker is one of this sink's slots, across batches
             for index, event in todo:
-                results[index] = await self._deliver_one(event)
+                results[index] = await self._deliver_one(event, deadline)
 
-    async def _deliver_one(self, event: Event) -> BaseException | None:
+    async def _deliver_one(self, event: Event, deadline: float | None) -> BaseException | None:
         try:
             await self.deliver(event)
         except Exception as error:
@@ -114,13 +149,8 @@ class Sink:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # the deadline, or the caller
                 raise
-            return self._timed_out()  # raised by the sink itself: this event's failure alone
+            return _timed_out(deadline)  # raised by the sink itself: this event's failure alone
         return None
-
-    def _timed_out(self) -> RetryableError:
-        if self.delivery_timeout is None:  # no deadline: cancelled some other way
-            return RetryableError("delivery was cancelled")
-        return RetryableError(f"delivery timed out after {self.delivery_timeout:g}s")
 
     async def deliver_in_transaction(
         self, conn: psycopg.AsyncConnection[Any], events: Sequence[Event]

@@ -31,6 +31,7 @@ Behaviour = Literal["ok", "retryable", "permanent", "retry_after"]
 fails for now asking for a delay (``RetryableError.retry_after``)."""
 
 _ids = itertools.count(1_000_000)
+_DELIVERY_TIMEOUT = 30.0
 
 
 def make_event(topic: str = "conformance.check", payload: object = None, **fields: object) -> Event:
@@ -79,7 +80,11 @@ def _expect(condition: bool, rule: str) -> None:
 
 
 async def _deliver(sink: Sink, batch: Sequence[Event]) -> list[BaseException | None]:
-    results = await asyncio.wait_for(sink.deliver_batch(batch), timeout=60)
+    try:  # as the relay calls it, with its delivery_timeout
+        delivery = sink.deliver_batch(batch, timeout=_DELIVERY_TIMEOUT)
+    except TypeError as error:
+        raise ConformanceError(f"deliver_batch takes the keyword timeout: {error}") from None
+    results = await asyncio.wait_for(delivery, timeout=2 * _DELIVERY_TIMEOUT)
     _expect(len(results) == len(batch), "deliver_batch returns one result per event, in order")
     return results
 

@@ -29,18 +29,563 @@ WHERE disabled_at IS NOT NULL ORDER BY name
 -- relay (outbox/store.py)
 -- ===========================================================================================
 
+-- fragment: due_rows
+-- The due rows a claim takes: pending and due, oldest first (outbox_events_pending_idx). A
+-- keyed row is claimable only if no earlier row of its key is unfinished
+-- (outbox_events_key_idx) and its inserting transaction is older than every running one, so
+-- a lower id that commits later is never overtaken. Rows another relay has locked are skipped.
+-- Shared by both claims below, so that the two claim modes take exactly the same rows.
+FROM {table} AS e
+WHERE e.status = 'pending'
+  AND e.process_at <= now()
+  AND (e.key IS NULL OR (
+        e.txid < pg_snapshot_xmin(pg_current_snapshot())
+        AND NOT EXISTS (
+            SELECT 1 FROM {table} AS earlier
+            WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
+ORDER BY e.process_at, e.id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: claim_leased
+-- Claim a batch with a lease (claim_mode "lease"): the due rows become `processing`, each
+-- with its own lease token; the statement commits on its own. Primary key for the update.
+WITH due AS (SELECT e.id
+{due_rows}
+)
+UPDATE {table} AS e
+SET status = 'processing',
+    attempts = e.attempts + 1,
+    locked_by = %(relay)s,
+    locked_until = now() + make_interval(secs => %(lease)s),
+    lease_token = gen_random_uuid()
+FROM due
+WHERE e.id = due.id
+RETURNING e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attempts,
+          NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
+          e.created_at, e.lease_token, now()
+
+-- name: claim_locked
+-- Claim a batch under row locks (claim_mode "lock"): the due rows, read and locked inside
+-- the batch's transaction, nothing written. The lock is the lease: it ends with the
+-- transaction, and a rollback hands the rows back as they were. This delivery is an attempt,
+-- counted when it settles: reported here as the stored attempts + 1.
+SELECT e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb),
+       e.attempts + 1, NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
+       e.created_at, NULL::uuid, now()
+{due_rows}
+
+-- name: settle_leased
+-- Settle a batch in one statement. The compare-and-set on lease token means a relay whose
+-- lease expired (and whose rows another relay reclaimed) changes nothing. Primary key.
+UPDATE {table} AS e
+SET status = s.status,
+    process_at = COALESCE(s.process_at, e.process_at),
+    deliveries = s.deliveries,
+    errors = s.errors,
+    last_error = s.last_error,
+    done_at = CASE WHEN s.status IN ('done', 'failed') THEN now() END,
+    locked_by = NULL,
+    locked_until = NULL,
+    lease_token = NULL
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
+    id bigint, token uuid, status text, process_at timestamptz,
+    deliveries jsonb, errors jsonb, last_error text)
+WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
+RETURNING e.id
+
+-- name: settle_locked
+-- Settle a batch claimed under row locks, in the transaction that holds them: the lock
+-- guarantees ownership, so no lease token is compared; the attempt is counted here. The
+-- settle's own start time for done_at, not now(): the transaction began at the claim.
+-- Primary key.
+UPDATE {table} AS e
+SET status = s.status,
+    attempts = e.attempts + 1,
+    process_at = COALESCE(s.process_at, e.process_at),
+    deliveries = s.deliveries,
+    errors = s.errors,
+    last_error = s.last_error,
+    done_at = CASE WHEN s.status IN ('done', 'failed') THEN statement_timestamp() END,
+    locked_by = NULL,
+    locked_until = NULL,
+    lease_token = NULL
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
+    id bigint, status text, process_at timestamptz,
+    deliveries jsonb, errors jsonb, last_error text)
+WHERE e.id = s.id AND e.status = 'pending'
+RETURNING e.id
+
+-- name: settle_locked_alike
+-- The same, when every row of the batch settles alike (the common case: each sink delivered
+-- on the first try): an id array and one set of values, no per-row document to build and
+-- take apart; the ids go in binary, cheaper to build than an array's text. Primary key.
+UPDATE {table} AS e
+SET status = %(status)s,
+    attempts = e.attempts + 1,
+    process_at = COALESCE(%(process_at)s, e.process_at),
+    deliveries = CAST(%(deliveries)s AS jsonb),
+    errors = CAST(%(errors)s AS jsonb),
+    last_error = %(last_error)s,
+    done_at = CASE WHEN %(finished)s THEN statement_timestamp() END,
+    locked_by = NULL,
+    locked_until = NULL,
+    lease_token = NULL
+WHERE e.id = ANY(CAST(%(ids)b AS bigint[])) AND e.status = 'pending'
+RETURNING e.id
+
+-- name: release_claimed
+-- Give back rows claimed but not delivered (graceful shutdown): the claim does not count as
+-- an attempt. Primary key, compare-and-set on the lease token.
+UPDATE {table} AS e
+SET status = 'pending', attempts = GREATEST(e.attempts - 1, 0),
+    locked_by = NULL, locked_until = NULL, lease_token = NULL
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+WHERE e.id = r.id AND e.lease_token = r.token AND e.status = 'processing'
+
+-- name: recover_expired_leases
+-- Rows whose lease expired (their relay died or stalled) become claimable again
+-- (outbox_events_processing_idx). A row whose claims outnumber what its sinks' attempts can
+-- explain has crashed relays repeatedly: it fails rather than crash them forever.
+UPDATE {table} AS e
+SET status = CASE WHEN x.exhausted THEN 'failed' ELSE 'pending' END,
+    done_at = CASE WHEN x.exhausted THEN now() END,
+    last_error = 'lease of ' || COALESCE(e.locked_by, '?') || ' expired during attempt '
+                 || e.attempts,
+    locked_by = NULL, locked_until = NULL, lease_token = NULL
+FROM (
+    SELECT id, attempts >= %(max_attempts)s
+                 * (1 + (SELECT count(*) FROM jsonb_object_keys(deliveries))) AS exhausted
+    FROM {table}
+    WHERE status = 'processing' AND locked_until < now()
+) AS x
+WHERE e.id = x.id AND e.status = 'processing'
+RETURNING e.id, e.status
+
+-- name: purge_done_events
+-- Delete done rows older than the retention, a bounded batch at a time (outbox_events_done_idx).
+DELETE FROM {table}
+WHERE id IN (
+    SELECT id FROM {table}
+    WHERE status = 'done' AND done_at < now() - make_interval(secs => %(keep)s)
+    LIMIT %(limit)s)
+
+-- name: next_due
+-- When the next pending row falls due, in seconds from now, and whether due rows are
+-- waiting unclaimed (a key fence or a parked key) (outbox_events_pending_idx, both).
+SELECT (SELECT EXTRACT(EPOCH FROM (min(process_at) - now()))::float8
+        FROM {table} WHERE status = 'pending' AND process_at > now()),
+       EXISTS (SELECT 1 FROM {table} WHERE status = 'pending' AND process_at <= now())
+
+-- name: pending_backlog
+-- Pending events and the age of the oldest due one, for metrics (outbox_events_pending_idx).
+SELECT count(*),
+       COALESCE(EXTRACT(EPOCH FROM
+           now() - min(process_at) FILTER (WHERE process_at <= now())), 0)::float8
+FROM {table} WHERE status = 'pending'
+
+-- name: work_outstanding
+-- Whether work is left for a draining relay: rows in flight, or due rows whose key is not
+-- parked behind a failed event (outbox_events_processing_idx, outbox_events_pending_idx).
+SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'processing')
+    OR EXISTS (
+        SELECT 1 FROM {table} AS e
+        WHERE e.status = 'pending' AND e.process_at <= now()
+          AND {key_not_parked})
+
+-- name: disable_sink
+-- Switch a sink off, keeping the first reason if it already is (primary key of outbox_sinks).
+INSERT INTO {sinks} (name, disabled_at, disabled_reason) VALUES (%(name)s, now(), %(reason)s)
+ON CONFLICT (name) DO UPDATE
+SET disabled_at = COALESCE({sinks}.disabled_at, now()),
+    disabled_reason = COALESCE({sinks}.disabled_reason, EXCLUDED.disabled_reason),
+    updated_at = now()
+
+-- name: enable_sink
+-- Switch a sink back on (primary key of outbox_sinks).
+UPDATE {sinks} SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
+WHERE name = %(name)s AND disabled_at IS NOT NULL
+
+-- name: listen
+-- Have NOTIFYs on {channel}, the channel publish notifies, delivered to this connection (no
+-- table, no index). {channel} is rendered per call, not per schema.
+LISTEN {channel}
+
+-- name: listener_ping
+-- A round trip on the listening connection: a silent network failure shows up here (no
+-- table).
+SELECT 1
+
 -- ===========================================================================================
 -- admin (outbox/admin.py)
 -- ===========================================================================================
+--
+-- In the event_filters fragment every condition is optional (a NULL parameter switches it
+-- off), so each statement stays one fixed text. Postgres plans the first executions with the
+-- actual values, where a switched-off condition folds away.
+
+-- fragment: event_filters
+-- The selection shared by listing and repairs. A topic pattern arrives as a regular
+-- expression matched against '.' || topic (see outbox.admin.topic_regex).
+(%(ids)s::bigint[] IS NULL OR e.id = ANY(%(ids)s::bigint[]))
+AND (%(statuses)s::text[] IS NULL OR e.status = ANY(%(statuses)s::text[]))
+AND (%(topic_re)s::text IS NULL OR '.' || e.topic ~ %(topic_re)s::text)
+AND (%(key)s::text IS NULL OR e.key = %(key)s::text)
+AND (%(sink)s::text IS NULL OR e.deliveries ? %(sink)s::text)
+AND (%(sink_status)s::text IS NULL
+     OR e.deliveries -> %(sink)s::text ->> 'status' = %(sink_status)s::text)
+AND (%(since)s::timestamptz IS NULL OR e.created_at >= %(since)s::timestamptz)
+AND (%(until)s::timestamptz IS NULL OR e.created_at < %(until)s::timestamptz)
+AND (%(done_before)s::timestamptz IS NULL OR e.done_at < %(done_before)s::timestamptz)
+
+-- fragment: repair_batch
+-- The next batch of a plan: matching rows above the last batch, up to the plan's bound, in
+-- id order (primary key), locked so that a relay settling one of them meanwhile is waited for
+-- and the row re-checked.
+SELECT e.id FROM {table} AS e
+WHERE e.id > %(after)s AND e.id <= %(upto)s AND {event_filters}
+ORDER BY e.id
+LIMIT %(limit)s
+FOR UPDATE
+
+-- name: database_now
+-- The database clock: relative times (10m, 7d) are measured on it, never on this machine's.
+SELECT now()
+
+-- name: event_counts
+-- Events per topic and status. A full scan: the one statement here whose cost grows with the
+-- number of done rows.
+SELECT topic, status, count(*) FROM {table} GROUP BY topic, status ORDER BY topic, status
+
+-- name: event_lag
+-- The lag: the due pending event that has waited longest, leaving out rows parked behind a
+-- failed event of their key, which wait for an operator and not for a relay
+-- (outbox_events_pending_idx; outbox_events_key_idx for the parked check).
+SELECT count(*) OVER (), e.id, e.topic, e.process_at, e.created_at,
+       EXTRACT(EPOCH FROM now() - e.process_at)::float8
+FROM {table} AS e
+WHERE e.status = 'pending' AND e.process_at <= now()
+  AND {key_not_parked}
+ORDER BY e.process_at, e.id
+LIMIT 1
+
+-- name: parked_keys
+-- Parked keys: keys whose oldest unfinished event failed, with how many events wait behind it
+-- and how many keys are parked in all (outbox_events_key_idx).
+WITH heads AS (
+    SELECT DISTINCT ON (e.key) e.key, e.id, e.topic, e.status, e.last_error, e.done_at
+    FROM {table} AS e
+    WHERE e.key IS NOT NULL AND e.status <> 'done'
+    ORDER BY e.key, e.id
+)
+SELECT h.key, h.id, h.topic, h.last_error, h.done_at,
+       (SELECT count(*) FROM {table} AS w
+        WHERE w.key = h.key AND w.id > h.id AND w.status <> 'done'),
+       count(*) OVER ()
+FROM heads AS h
+WHERE h.status = 'failed'
+ORDER BY h.id
+LIMIT %(limit)s
+
+-- name: failing_sinks
+-- Sinks with deliveries that have not succeeded, on unfinished events: how many events each
+-- waits to retry or has given up on, and the error on the newest such event. Scans the
+-- unfinished rows (pending and processing by their partial indexes, failed by the table).
+SELECT d.key,
+       count(*) FILTER (WHERE d.value ->> 'status' = 'retrying'),
+       count(*) FILTER (WHERE d.value ->> 'status' = 'failed'),
+       (array_agg(d.value ->> 'last_error' ORDER BY e.id DESC))[1],
+       max(e.id)
+FROM {table} AS e, jsonb_each(e.deliveries) AS d
+WHERE e.status IN ('pending', 'processing', 'failed')
+  AND d.value ->> 'status' IN ('retrying', 'failed')
+GROUP BY d.key
+ORDER BY d.key
+
+-- name: relay_leases
+-- Relays holding leases now: rows in flight per relay, when their leases end, how many have
+-- already expired (outbox_events_processing_idx).
+SELECT locked_by, count(*), max(locked_until), count(*) FILTER (WHERE locked_until < now())
+FROM {table}
+WHERE status = 'processing'
+GROUP BY locked_by
+ORDER BY locked_by
+
+-- name: connected_relays
+-- Relays connected to this database now, by name (pg_stat_activity: a role sees the state
+-- of its own sessions, and of others' with pg_read_all_stats): their connections, and the
+-- age of the oldest transaction among them (in claim mode "lock", a batch in flight).
+SELECT substr(application_name, %(prefix_length)s + 1), count(*),
+       EXTRACT(EPOCH FROM now() - min(xact_start))::float8
+FROM pg_stat_activity
+WHERE datname = current_database() AND starts_with(application_name, %(prefix)s)
+  AND pid <> pg_backend_pid()
+GROUP BY 1
+ORDER BY 1
+
+-- name: list_events
+-- Events matching the filters, newest first (primary key, scanned backwards).
+SELECT e.id, e.topic, e.key, e.status, e.attempts, e.created_at, e.process_at, e.done_at,
+       e.last_error, e.deliveries
+FROM {table} AS e
+WHERE {event_filters}
+ORDER BY e.id DESC
+LIMIT %(limit)s
+
+-- name: show_event
+-- One event, every column (primary key).
+SELECT id, topic, key, status, attempts, process_at, locked_by, locked_until,
+       lease_token::text, payload, headers, deliveries, errors, last_error, dedup_key,
+       txid::text, created_at, done_at
+FROM {table}
+WHERE id = %(id)s
+
+-- name: match_repair
+-- How many rows a repair would touch, and the highest id among them: the plan's upper bound.
+SELECT count(*), COALESCE(max(e.id), 0) FROM {table} AS e WHERE {event_filters}
+
+-- name: retry_batch
+-- Retry failed events: pending again, due now, claim counter reset. Without a sink every sink
+-- that had not acknowledged starts over; with one, only that sink. Delivered sinks stay
+-- delivered, so they never see the event twice (primary key, via the batch).
+WITH batch AS ({repair_batch})
+UPDATE {table} AS e
+SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0,
+    deliveries = CASE
+        WHEN %(sink)s::text IS NULL THEN COALESCE((
+            SELECT jsonb_object_agg(d.key, CASE
+                WHEN d.value ->> 'status' IN ('failed', 'retrying') THEN jsonb_build_object(
+                    'status', 'retrying', 'attempts', 0, 'last_error', d.value -> 'last_error')
+                ELSE d.value END)
+            FROM jsonb_each(e.deliveries) AS d), jsonb_build_object())
+        ELSE jsonb_set(e.deliveries, ARRAY[%(sink)s::text], jsonb_build_object(
+            'status', 'retrying', 'attempts', 0,
+            'last_error', e.deliveries -> %(sink)s::text -> 'last_error'))
+    END
+FROM batch
+WHERE e.id = batch.id
+RETURNING e.id
+
+-- name: replay_batch
+-- Replay done events: pending again, due now, claim counter reset, and the chosen sink's
+-- delivery entry removed (or all entries), so the relay delivers there again (primary key).
+WITH batch AS ({repair_batch})
+UPDATE {table} AS e
+SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0,
+    deliveries = CASE
+        WHEN %(sink)s::text IS NULL THEN jsonb_build_object()
+        ELSE e.deliveries - %(sink)s::text
+    END
+FROM batch
+WHERE e.id = batch.id
+RETURNING e.id
+
+-- name: purge_batch
+-- Delete finished events (primary key, via the batch).
+WITH batch AS ({repair_batch})
+DELETE FROM {table} AS e
+USING batch
+WHERE e.id = batch.id
+RETURNING e.id
 
 -- ===========================================================================================
 -- publish (the event writer)
 -- ===========================================================================================
+-- Rendered once per (schema, channel) by outbox/_writer.py: {channel} is the channel that
+-- wakes the relays, as a literal; {ids_column} the column the session hook reads ids from.
+
+-- fragment: insert_event_rows
+-- Inserts the events given as one JSON array, in their order (`n`), skipping any whose
+-- dedup_key already exists (outbox_events_dedup_key_idx); returns their ids and dedup keys.
+INSERT INTO {table} (topic, key, payload, headers, process_at, dedup_key)
+SELECT r.topic, r.key, r.payload, COALESCE(r.headers, '{{}}'::jsonb),
+       COALESCE(r.process_at, now() + make_interval(secs => COALESCE(r.delay, 0))),
+       r.dedup_key
+FROM jsonb_to_recordset(CAST(%(outbox_rows)s AS jsonb)) AS r(
+    n int, topic text, key text, payload jsonb, headers jsonb,
+    process_at timestamptz, delay float8, dedup_key text)
+ORDER BY r.n
+ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+RETURNING id, dedup_key
+
+-- name: insert_events
+-- Inserts a batch of events (insert_event_rows) and, if it inserted any, NOTIFYs the relays:
+-- once per statement, and Postgres folds a transaction's identical notifications into one,
+-- sent at commit (docs/decisions/0008). Ids in insert order (outbox_events_dedup_key_idx).
+WITH written AS ({insert_event_rows}),
+notified AS (SELECT pg_notify({channel}, '') WHERE EXISTS (SELECT FROM written))
+SELECT id, dedup_key FROM written LEFT JOIN notified ON true ORDER BY id
+
+-- name: events_of_dedup_keys
+-- The ids of the events that already held the dedup keys a batch skipped
+-- (outbox_events_dedup_key_idx).
+SELECT id, dedup_key FROM {table} WHERE dedup_key = ANY(CAST(%(keys)s AS text[]))
+
+-- The session hook writes a flush's events inside the flush's first INSERT ... RETURNING
+-- (docs/decisions/0006): one of the flush_insert_*event* blocks goes in front of that
+-- statement, and flush_insert_event_id(s) is added to its RETURNING list, last. The NOTIFY is
+-- evaluated with the ids, once.
+
+-- name: flush_insert_one_event
+-- Goes in front of a flush's INSERT: inserts one event without headers or schedule from plain
+-- parameters (the table's defaults for the rest) and readies the NOTIFY. No index read.
+WITH _outbox_written AS (
+    INSERT INTO {table} (topic, key, payload)
+    VALUES (%(outbox_topic)s, %(outbox_key)s, CAST(%(outbox_payload)s AS jsonb))
+    RETURNING id),
+_outbox_notified AS (SELECT pg_notify({channel}, ''))
+
+-- name: flush_insert_one_event_with_headers
+-- The same for one event with headers but no schedule. No index read.
+WITH _outbox_written AS (
+    INSERT INTO {table} (topic, key, payload, headers)
+    VALUES (%(outbox_topic)s, %(outbox_key)s, CAST(%(outbox_payload)s AS jsonb),
+            CAST(%(outbox_headers)s AS jsonb))
+    RETURNING id),
+_outbox_notified AS (SELECT pg_notify({channel}, ''))
+
+-- name: flush_insert_one_scheduled_event
+-- The same for one event with a process_at or a delay (on the database clock), headers or
+-- not. No index read.
+WITH _outbox_written AS (
+    INSERT INTO {table} (topic, key, payload, headers, process_at)
+    VALUES (%(outbox_topic)s, %(outbox_key)s, CAST(%(outbox_payload)s AS jsonb),
+            COALESCE(CAST(%(outbox_headers)s AS jsonb), '{{}}'::jsonb),
+            COALESCE(CAST(%(outbox_process_at)s AS timestamptz),
+                     now() + make_interval(secs => CAST(%(outbox_delay)s AS float8))))
+    RETURNING id),
+_outbox_notified AS (SELECT pg_notify({channel}, ''))
+
+-- name: flush_insert_events
+-- Goes in front of a flush's INSERT: inserts several events given as one JSON array
+-- (insert_event_rows; none has a dedup key, so no index read) and readies the NOTIFY.
+WITH _outbox_written AS ({insert_event_rows}),
+_outbox_notified AS (SELECT pg_notify({channel}, ''))
+
+-- name: flush_insert_event_id
+-- Added to the flush's RETURNING list: the one event's id as text; evaluating it sends the
+-- NOTIFY readied in front. No index read.
+(SELECT id::text FROM _outbox_written LEFT JOIN _outbox_notified ON true) AS {ids_column}
+
+-- name: flush_insert_event_ids
+-- The same for several events: their ids in insert order, as text separated by commas.
+(SELECT array_to_string(array_agg(id ORDER BY id), ',')
+ FROM _outbox_written LEFT JOIN _outbox_notified ON true) AS {ids_column}
+
+-- name: flush_insert_lookup_ids
+-- The ids of the newest events this transaction wrote, when the INSERT that carried them
+-- returned no row (a BEFORE trigger on its table skipped it): the table's sequence bounds the
+-- primary key scan (outbox_events_pkey), the transaction id picks this transaction's rows.
+-- No row returned also means that INSERT's NOTIFY was not evaluated: this statement sends it.
+WITH newest AS (
+    SELECT id FROM {table}
+    WHERE id <= currval(pg_get_serial_sequence({table_name}, 'id'))
+      AND txid = pg_current_xact_id()
+    ORDER BY id DESC
+    LIMIT %(count)s),
+notified AS (SELECT pg_notify({channel}, ''))
+SELECT id FROM newest LEFT JOIN notified ON true ORDER BY id
 
 -- ===========================================================================================
 -- postgres sink (outbox/postgres_sink.py): {target} is the sink's table
 -- ===========================================================================================
 
+-- name: create_sink_table
+-- Creates the sink's schema and table if they are missing, under a transaction-level
+-- advisory lock on {lock_key} (a literal) so that concurrent relays do not race on the
+-- catalog. The primary key on event_id makes a repeated delivery a no-op.
+SELECT pg_advisory_xact_lock(hashtextextended({lock_key}, 0));
+CREATE SCHEMA IF NOT EXISTS {target_schema};
+CREATE TABLE IF NOT EXISTS {target} (
+    event_id     bigint      NOT NULL PRIMARY KEY,
+    topic        text        NOT NULL,
+    key          text,
+    payload      jsonb       NOT NULL,
+    headers      jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
+    created_at   timestamptz NOT NULL,
+    delivered_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: insert_sink_rows
+-- Inserts a batch of events given as a JSON array; an event already there is left alone
+-- (the primary key on event_id).
+INSERT INTO {target} (event_id, topic, key, payload, headers, created_at)
+SELECT r.event_id, r.topic, r.key, r.payload, r.headers, r.created_at
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
+    event_id bigint, topic text, key text, payload jsonb, headers jsonb, created_at timestamptz)
+ON CONFLICT (event_id) DO NOTHING
+
 -- ===========================================================================================
 -- migrate (outbox/migrate.py): bookkeeping around the migration files
 -- ===========================================================================================
+
+-- name: lock_migrations
+-- Serialises concurrent migration runs on one schema until the transaction ends; the
+-- parameter lock_key names the schema.
+SELECT pg_advisory_xact_lock(hashtextextended(%(lock_key)s, 0))
+
+-- name: create_migrations_table
+-- Creates the schema and its outbox_migrations table (one row per applied migration,
+-- primary key on version) if they are missing.
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT outbox_migrations_pkey PRIMARY KEY (version)
+)
+
+-- name: applied_migrations
+-- The versions already applied to the schema (a scan of outbox_migrations, a few rows).
+SELECT version FROM {migrations}
+
+-- name: use_schema
+-- Makes the migration files' unqualified names refer to the schema, for this transaction.
+SET LOCAL search_path TO {schema}
+
+-- name: record_migration
+-- Records a migration as applied ({version} and {migration_name} are literals, so that the
+-- script printed by `outbox migrate --sql` holds them); the primary key on version refuses
+-- a second record.
+INSERT INTO {migrations} (version, name) VALUES ({version}, {migration_name})
+
+-- ===========================================================================================
+-- demo (outbox/demo.py): its database, what it reports, and what it tells the reader to run.
+-- {database} is the demo's database, {target} the demo postgres sink's table.
+-- ===========================================================================================
+
+-- name: demo_drop_database
+-- Drops the database of an earlier demo, closing its connections (no index: DDL).
+DROP DATABASE IF EXISTS {database} WITH (FORCE)
+
+-- name: demo_create_database
+-- Creates the demo's database afresh (no index: DDL).
+CREATE DATABASE {database}
+
+-- name: demo_next_id
+-- The lowest id the demo's events can have: one past the largest so far (primary key).
+SELECT COALESCE(max(id), 0) + 1 FROM {table}
+
+-- name: demo_statuses
+-- The demo's events counted by status (primary key range from the demo's first id).
+SELECT status, count(*) FROM {table} WHERE id >= %(first_id)s GROUP BY status
+
+-- name: demo_topic_count
+-- The demo's events of one topic (primary key range from the demo's first id).
+SELECT count(*) FROM {table} WHERE topic = %(topic)s AND id >= %(first_id)s
+
+-- name: demo_table_exists
+-- The table %(table)s if it exists, else NULL (the catalog).
+SELECT to_regclass(%(table)s)
+
+-- name: demo_sink_table_ids
+-- The event ids the demo's postgres sink wrote (a sequential scan: a demo's few rows).
+SELECT event_id FROM {target}
+
+-- name: demo_peek_events
+-- Shown to the reader to run with psql: a few events and their deliveries (primary key).
+SELECT id, topic, status, deliveries FROM {table} LIMIT 5
+
+-- name: demo_peek_sink_table
+-- Shown to the reader to run with psql: a few rows of the demo's postgres sink table.
+SELECT event_id, topic FROM {target} LIMIT 5

@@ -26,9 +26,9 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import outbox
-from outbox import admin
+from outbox import admin, runtime
 from outbox._urls import with_database
-from outbox.relay import Relay, RelayOptions
+from outbox.relay import Relay
 from outbox.routing import Subscription, topic_matches
 from outbox.sinks import Event, Sink
 
@@ -187,7 +187,7 @@ class Recorder(Sink):
 
 async def drain(url: str, sinks: dict[str, Sink]) -> None:
     """Run a relay until nothing is left to do."""
-    options = RelayOptions(poll_interval=0.05, lease_seconds=5.0, delivery_timeout=4.0)
+    options = runtime.relay_options(poll_interval=0.05, lease_seconds=5.0, delivery_timeout=4.0)
     relay = Relay(url, sinks, [Subscription(("order.#",), tuple(sinks))], options)
     await relay.run(drain=True)
 

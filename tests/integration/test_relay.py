@@ -22,12 +22,18 @@ import pytest
 from psycopg.rows import DictRow, dict_row
 
 import outbox
-from outbox.exceptions import PermanentError, RetryableError
+from outbox.exceptions import (
+    DatabaseUnavailable,
+    MigrationError,
+    PermanentError,
+    RetryableError,
+)
 from outbox.postgres_sink import PostgresOptions, PostgresSink
 from outbox.relay import Relay, RelayOptions, RelayStats
 from outbox.retry import RetryPolicy
 from outbox.routing import Subscription
 from outbox.sinks import Event, Sink
+from outbox.store import Connector
 
 DEADLINE = 10.0
 FAST_RETRY = RetryPolicy(max_attempts=5, base_seconds=0.01, cap_seconds=0.05, jitter=0.0)
@@ -915,3 +921,48 @@ async def _listener_pids(db: Db) -> list[int]:
         " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
     )
     return [found["pid"] for found in await cursor.fetchall()]
+
+
+# -- the relay's contract with its sinks and the database ----------------------------------
+
+
+async def test_the_relay_passes_its_deadline_and_leaves_its_sinks_alone(
+    database_url: str, db: Db
+) -> None:
+    """The relay hands its ``delivery_timeout`` to ``deliver_batch`` and sets nothing on the
+    sink."""
+
+    class Timed(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.timeouts: list[float | None] = []
+
+        async def deliver_batch(
+            self,
+            events: Sequence[Event],
+            *,
+            timeout: float | None = None,  # noqa: ASYNC109 (the Sink signature)
+        ) -> list[BaseException | None]:
+            self.timeouts.append(timeout)
+            return await super().deliver_batch(events, timeout=timeout)
+
+    sink = Timed()
+    relay = relay_for(database_url, {"sink": sink}, delivery_timeout=3.5)
+    event_id = await publish(database_url, "order.paid")
+    await relay.run(drain=True)
+    assert sink.ids() == [event_id]
+    assert sink.timeouts == [3.5]
+    assert sink.delivery_timeout is None
+
+
+async def test_a_relay_on_an_unmigrated_schema_says_to_migrate(database_url: str) -> None:
+    relay = relay_for(database_url, {"sink": Recorder()}, schema="nowhere")
+    with pytest.raises(MigrationError, match=r"schema 'nowhere'.*outbox migrate"):
+        await relay.run(drain=True)
+
+
+async def test_an_unreachable_server_is_unavailable() -> None:
+    connector = Connector("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2", "r")
+    with pytest.raises(DatabaseUnavailable) as raised:
+        await connector.connect()
+    assert isinstance(raised.value.__cause__, psycopg.OperationalError)

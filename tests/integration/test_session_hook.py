@@ -751,3 +751,23 @@ def test_a_riding_event_keeps_its_process_at(
             (recorded.id,),
         ).fetchone()
     assert row == (None, {}, [1, "two"], at)
+
+
+def test_a_riding_event_keeps_its_headers_and_a_missing_key(
+    maker: sessionmaker[Session], engine: Engine, database_url: str
+) -> None:
+    with maker.begin() as session:
+        order = Order()
+        recorded = order.record_event("order.created", {"n": 1}, headers={"h": "v"})
+        session.add(order)
+        with statements_sent(engine) as sent:
+            session.flush()
+        assert len(sent) == 1
+        assert "_outbox_written" in sent[0]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT key, headers, payload, process_at = created_at FROM outbox_events "
+            "WHERE id = %s",
+            (recorded.id,),
+        ).fetchone()
+    assert row == (None, {"h": "v"}, {"n": 1}, True)

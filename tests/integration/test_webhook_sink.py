@@ -383,6 +383,21 @@ async def test_slow_drip_hits_the_overall_deadline(receiver: Receiver) -> None:
     assert elapsed < 5  # far less than the 200 s the body would take
 
 
+async def test_the_batch_deadline_cuts_off_slow_deliveries(receiver: Receiver) -> None:
+    async def stall(request: Received, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+        await reply(204)(request, writer)
+
+    receiver.handler = stall
+    async with webhook(receiver.url, concurrency=2) as sink:
+        started = time.monotonic()
+        results = await sink.deliver_batch([make_event() for _ in range(3)], timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert [type(result) for result in results] == [RetryableError] * 3
+    assert all("timed out after 0.5s" in str(result) for result in results)
+    assert elapsed < 5  # far less than the sink's own 15 s timeout
+
+
 async def test_endless_body_is_read_only_up_to_the_cap(receiver: Receiver) -> None:
     async def endless(request: Received, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n")

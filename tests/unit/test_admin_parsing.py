@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from outbox.admin import EventFilter, parse_duration, parse_time, resolve_time, topic_regex
+from outbox._event_filter import EventFilter, parse_duration, parse_time, resolve_time, topic_regex
 from outbox.routing import topic_matches
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)

@@ -45,6 +45,32 @@ class ClashingPlugin:
         register("callable", OtherCallableSink)
 
 
+JSONL_ABSENT = "the example plugin is not installed (pip install -e plugins/outbox-jsonl)"
+
+# A plugin the tests install (with the ``site`` fixture below), so that the entry-point path
+# is tested whether or not any real plugin is installed.
+ARCHIVE_PLUGIN = """
+import outbox
+from pydantic import BaseModel
+
+
+class ArchiveOptions(BaseModel):
+    pass
+
+
+class ArchiveSink(outbox.Sink):
+    Options = ArchiveOptions
+
+    async def deliver(self, event):
+        pass
+
+
+@outbox.hookimpl
+def outbox_register_sinks(register):
+    register("archive", ArchiveSink)
+"""
+
+
 # -- registration -------------------------------------------------------------------------------
 
 
@@ -61,10 +87,15 @@ def test_without_entry_points_no_installed_plugin_is_loaded() -> None:
     assert "jsonl" not in sink_types(make_plugin_manager(entry_points=False))
 
 
-def test_installed_plugin_comes_through_its_entry_point() -> None:
-    from outbox_jsonl import JsonlSink
+def test_installed_plugin_comes_through_its_entry_point(site: Path) -> None:
+    install_fake_plugin(site, "fake_outbox_archive", ARCHIVE_PLUGIN)
+    types = sink_types(make_plugin_manager())
+    assert types["archive"] is sys.modules["fake_outbox_archive"].ArchiveSink
 
-    assert sink_types(make_plugin_manager())["jsonl"] is JsonlSink
+
+def test_the_example_plugin_comes_through_its_entry_point() -> None:
+    jsonl = pytest.importorskip("outbox_jsonl", reason=JSONL_ABSENT)
+    assert sink_types(make_plugin_manager())["jsonl"] is jsonl.JsonlSink
 
 
 def test_every_registered_class_is_a_sink_with_an_options_model() -> None:
@@ -96,11 +127,23 @@ def test_registering_the_same_class_twice_is_harmless() -> None:
     assert sink_types(manager)["callable"] is CallableSink
 
 
-def test_describe_plugins_says_who_brings_what() -> None:
+def test_describe_plugins_says_who_brings_what(site: Path) -> None:
+    install_fake_plugin(site, "fake_outbox_archive", ARCHIVE_PLUGIN)
     described = {info.name: info for info in describe_plugins(make_plugin_manager())}
     assert described["outbox.callable_sink"].sink_types == ("callable",)
     assert described["outbox.callable_sink"].package == "outbox-relay"
     assert described["outbox.postgres_sink"].sink_types == ("postgres",)
+    archive = described["archive"]
+    assert (archive.package, archive.version, archive.sink_types) == (
+        "fake-outbox-archive",
+        "0.1",
+        ("archive",),
+    )
+
+
+def test_describe_plugins_names_the_example_plugin() -> None:
+    pytest.importorskip("outbox_jsonl", reason=JSONL_ABSENT)
+    described = {info.name: info for info in describe_plugins(make_plugin_manager())}
     jsonl = described["jsonl"]
     assert (jsonl.package, jsonl.version, jsonl.sink_types) == ("outbox-jsonl", "0.1.0", ("jsonl",))
 

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 import outbox
-from outbox.exceptions import OutboxError
-from outbox.publish import (
+from outbox._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_KEY_LENGTH,
     MAX_TOPIC_LENGTH,
     prepare_event,
 )
+from outbox.exceptions import OutboxError
 
 UTC = dt.UTC
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from outbox.exceptions import PermanentError, RetryableError, SinkGone
+from outbox.records import Settlement
 from outbox.retry import (
     DELIVERED,
     FAILED,
@@ -25,7 +26,6 @@ from outbox.retry import (
     UNROUTED,
     Outcome,
     RetryPolicy,
-    Settlement,
     backoff_seconds,
     classify,
     settle_event,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from outbox.cli import build_relay
+from outbox.runtime import build_relay
 from outbox.settings import ConfigError, Settings, load_settings
 
 SECRET_URL = "postgresql://app:hunter2-secret@db.example.com/app"

@@ -91,3 +91,25 @@ async def test_a_cancelled_batch_stops_delivering() -> None:
     await asyncio.sleep(0.05)
     assert len(sink.delivered) == delivered < 10
     assert sink.running == 0
+
+
+async def test_the_callers_timeout_is_each_events_deadline() -> None:
+    events = [make_event() for _ in range(3)]
+    sink = Slow({events[1].id})
+    results = await sink.deliver_batch(events, timeout=0.3)
+    assert [result is None for result in results] == [True, False, True]
+    assert "timed out after 0.3s" in str(results[1])
+    assert sink.delivery_timeout is None
+
+
+async def test_the_shorter_of_the_two_deadlines_wins() -> None:
+    events = [make_event() for _ in range(2)]
+    own_shorter = Slow({events[0].id})
+    own_shorter.delivery_timeout = 0.2
+    [late, _] = await own_shorter.deliver_batch(events, timeout=30)
+    assert "timed out after 0.2s" in str(late)
+
+    callers_shorter = Slow({events[0].id})
+    callers_shorter.delivery_timeout = 30
+    [late, _] = await callers_shorter.deliver_batch(events, timeout=0.2)
+    assert "timed out after 0.2s" in str(late)

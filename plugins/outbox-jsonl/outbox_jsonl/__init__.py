@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -37,24 +38,41 @@ class JsonlSink(Sink):
         super().__init__()
         self._options = options
         self._written: set[int] | None = None
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()
 
     async def deliver(self, event: Event) -> None:
         errors = await self.deliver_batch([event])
         if errors[0] is not None:
             raise errors[0]
 
-    async def deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
-        async with self._lock:
-            try:
+    async def deliver_batch(
+        self,
+        events: Sequence[Event],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the base class's signature)
+    ) -> list[BaseException | None]:
+        # The whole batch gets the deadline the base class would give each event.
+        limits = (timeout, self.delivery_timeout)
+        deadline = min((limit for limit in limits if limit is not None), default=None)
+        cutoff = asyncio.timeout(deadline)
+        try:
+            async with cutoff:
                 await asyncio.to_thread(self._append, events)
-            except OSError as error:
-                return [outbox.RetryableError(f"cannot write {self._options.path}: {error}")] * len(
-                    events
-                )
+        except OSError as error:  # TimeoutError included
+            if cutoff.expired():
+                failure = outbox.RetryableError(f"delivery timed out after {deadline:g}s")
+            else:
+                failure = outbox.RetryableError(f"cannot write {self._options.path}: {error}")
+            return [failure] * len(events)
         return [None] * len(events)
 
     def _append(self, events: Sequence[Event]) -> None:
+        # A thread's lock: a write cut off by the deadline still finishes, in its thread,
+        # before the next one starts.
+        with self._lock:
+            self._append_new(events)
+
+    def _append_new(self, events: Sequence[Event]) -> None:
         written = self._load_written()
         lines = []
         for event in events:

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from outbox_jsonl import JsonlOptions, JsonlSink
 
-from outbox.sinks import Sink
+from outbox.exceptions import RetryableError
+from outbox.sinks import Event, Sink
 from outbox.testing import Behaviour, SinkHarness, exercise_sink, make_event
 
 
@@ -41,6 +43,27 @@ async def test_redelivery_after_restart_writes_one_line(tmp_path: Path) -> None:
             assert await sink.deliver_batch([event]) == [None]
     lines = path.read_text().splitlines()
     assert [json.loads(line)["payload"] for line in lines] == [{"n": 1}]
+
+
+async def test_a_batch_cut_off_by_its_deadline_finishes_before_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(JsonlOptions(path=path, fsync=False))
+    append = sink._append_new
+
+    def slow_append(events: Sequence[Event]) -> None:
+        time.sleep(0.5)
+        append(events)
+
+    monkeypatch.setattr(sink, "_append_new", slow_append)
+    event = make_event()
+    [late] = await sink.deliver_batch([event], timeout=0.1)
+    [again] = await sink.deliver_batch([event], timeout=5)
+    assert isinstance(late, RetryableError)
+    assert "timed out after 0.1s" in str(late)
+    assert again is None
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [event.id]
 
 
 def test_options_reject_unknown_keys(tmp_path: Path) -> None:

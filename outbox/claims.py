@@ -1,0 +1,200 @@
+"""The two claim modes, as two strategies behind one interface.
+
+A strategy is one batch on one connection: the relay's loop enters it (``async with``), then
+calls :meth:`~ClaimStrategy.claim`, :meth:`~ClaimStrategy.deliver` and
+:meth:`~ClaimStrategy.settle` in order, and reports what was settled once it has left.
+
+``lease`` (the default): a claim commits the rows as ``processing`` under a lease, sinks are
+called outside any transaction, and a settle writes the result. ``lock``: one transaction
+per batch, whose row locks are the lease, and a single write per event at settle
+(docs/decisions/0007-claim-mode-lock.md).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from types import TracebackType
+from typing import Self
+
+from outbox.exceptions import DatabaseError, DatabaseUnavailable
+from outbox.fanout import Batch, FanOut
+from outbox.records import Claim, ClaimedRow, Settlement
+from outbox.store import Connection, Connector, Store, reconnect_delay, transaction
+
+logger = logging.getLogger(__name__)
+
+_SETTLE_RETRIES = 4
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """A batch's settle: what was written for each event, and the ids of the rows that took
+    it (a row whose lease was lost kept what another relay wrote)."""
+
+    rows: list[tuple[ClaimedRow, Settlement]]
+    kept: set[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimContext:
+    """What every batch of one relay needs, shared by its workers."""
+
+    store: Store
+    fanout: FanOut
+    connector: Connector
+    batch_size: int
+    lease_seconds: float
+
+
+class ClaimStrategy(abc.ABC):
+    """One batch on ``conn`` in one claim mode."""
+
+    def __init__(self, context: ClaimContext, conn: Connection) -> None:
+        self.context = context
+        self.conn = conn
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+    @abc.abstractmethod
+    async def claim(self) -> Claim:
+        """Claim up to a batch of due rows."""
+
+    @abc.abstractmethod
+    async def deliver(self, batch: Batch) -> None:
+        """Deliver the routed batch."""
+
+    @abc.abstractmethod
+    async def settle(self, batch: Batch) -> Settled:
+        """Write back what the deliveries came to."""
+
+
+class LeaseStrategy(ClaimStrategy):
+    """Claim mode "lease": the claim commits on its own, the settle compares lease tokens."""
+
+    async def claim(self) -> Claim:
+        context = self.context
+        return await context.store.claim(
+            self.conn,
+            limit=context.batch_size,
+            relay=context.connector.relay,
+            lease_seconds=context.lease_seconds,
+        )
+
+    async def deliver(self, batch: Batch) -> None:
+        try:
+            await self.context.fanout.deliver(batch)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(batch.claim.rows))
+            raise
+
+    async def settle(self, batch: Batch) -> Settled:
+        if not batch.in_transaction:
+            return await self._write(batch, may_reconnect=True)
+        # The sink's writes and the settle commit together: exactly once for that sink.
+        async with transaction(self.conn):
+            await self.context.fanout.deliver_in_transaction(self.conn, batch)
+            return await self._write(batch, may_reconnect=False)
+
+    async def _write(self, batch: Batch, *, may_reconnect: bool) -> Settled:
+        settled = self.context.fanout.settlements(batch)
+        try:
+            kept = await self.context.store.settle(self.conn, settled)
+        except DatabaseUnavailable:
+            if not may_reconnect:
+                raise
+            # The deliveries happened: write them back on a new connection rather than let
+            # the leases expire and the events go out again.
+            kept = await self._settle_on_new_connection(settled)
+        return Settled(settled, kept)
+
+    async def _settle_on_new_connection(
+        self, settled: list[tuple[ClaimedRow, Settlement]]
+    ) -> set[int]:
+        for attempt in range(1, _SETTLE_RETRIES + 1):
+            await asyncio.sleep(reconnect_delay(attempt))
+            try:
+                async with self.context.connector.connection() as conn:
+                    return await self.context.store.settle(conn, settled)
+            except DatabaseUnavailable as error:
+                if attempt == _SETTLE_RETRIES:
+                    raise
+                logger.warning("settle failed (%s); retrying on a new connection", error)
+        raise AssertionError("unreachable")
+
+    async def _release(self, rows: list[ClaimedRow]) -> None:
+        with contextlib.suppress(DatabaseError):
+            await self.context.store.release(self.conn, rows)
+            relay = self.context.connector.relay
+            logger.info("released %d events in flight", len(rows), extra={"relay": relay})
+
+
+class LockStrategy(ClaimStrategy):
+    """Claim mode "lock": claim, deliver and settle in one transaction, whose row locks are
+    the lease. A rollback (cancelled, connection lost) hands the rows back with no attempt
+    counted, and what was delivered goes out again: at least once."""
+
+    def __init__(self, context: ClaimContext, conn: Connection) -> None:
+        super().__init__(context, conn)
+        self._transaction = transaction(conn)
+        self._claimed = 0
+
+    async def __aenter__(self) -> Self:
+        await self._transaction.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        error = exc
+        try:
+            await self._transaction.__aexit__(exc_type, exc, traceback)
+        except BaseException as raised:  # the commit failed
+            error = raised
+            raise
+        finally:
+            if error is not None and self._claimed:
+                self._not_committed(error)
+
+    async def claim(self) -> Claim:
+        claim = await self.context.store.claim_locked(self.conn, limit=self.context.batch_size)
+        self._claimed = len(claim.rows)
+        return claim
+
+    async def deliver(self, batch: Batch) -> None:
+        await self.context.fanout.deliver(batch)
+        await self.context.fanout.deliver_in_transaction(self.conn, batch)
+
+    async def settle(self, batch: Batch) -> Settled:
+        settled = self.context.fanout.settlements(batch)
+        return Settled(settled, await self.context.store.settle_locked(self.conn, settled))
+
+    def _not_committed(self, error: BaseException) -> None:
+        relay = self.context.connector.relay
+        if isinstance(error, asyncio.CancelledError):
+            logger.info("rolled back %d events in flight", self._claimed, extra={"relay": relay})
+        elif isinstance(error, DatabaseUnavailable):
+            # Not settled on a new connection, unlike lease mode: the locks went with this
+            # one, and another relay may hold the rows by now.
+            logger.warning(
+                "connection lost before a batch of %d events committed (%s): "
+                "they are pending again and will be delivered again",
+                self._claimed,
+                error,
+                extra={"relay": relay},
+            )

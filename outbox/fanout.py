@@ -1,0 +1,227 @@
+"""Fan-out: a claimed batch routed to its sinks, delivered, and what that comes to.
+
+Each sink gets its share of the batch in one ``deliver_batch`` call, every sink at once,
+each bounded by its own concurrency. A transactional sink (one that writes into the
+outbox's own database) is not called directly: it writes inside the transaction that
+settles the batch, so its writes and the settle commit together. A disabled sink fails its
+events at once, without a call; a sink that raises :class:`~outbox.SinkGone` is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from outbox.exceptions import DatabaseUnavailable, RetryableError, SinkGone
+from outbox.observer import RelayObserver, RelayStats
+from outbox.records import Claim, ClaimedRow, Settlement
+from outbox.retry import SUCCESS, Outcome, RetryPolicy, classify, settle_event, sinks_due
+from outbox.routing import Router
+from outbox.sinks import Event, Sink
+from outbox.store import Connection, Connector, Store, sink_savepoint
+
+logger = logging.getLogger(__name__)
+
+Deliveries = dict[str, list[tuple[ClaimedRow, Event]]]
+"""Per sink name, the events it is to get, each beside the row it came from."""
+
+
+@dataclasses.dataclass(slots=True)
+class Batch:
+    """A claimed batch routed to its sinks, and what each delivery came to so far."""
+
+    claim: Claim
+    started: float
+    """``time.monotonic()`` when the batch was routed: the settle's clock is the claim's
+    database clock plus the time since."""
+    outcomes: dict[int, dict[str, Outcome]]
+    """Per event id, per sink attempted in this batch: what the attempt came to."""
+    direct: Deliveries
+    """Sinks called directly."""
+    in_transaction: Deliveries
+    """Transactional sinks: they write in the settle's transaction."""
+
+
+class FanOut:
+    """Routes batches to ``sinks`` and delivers them; keeps which sinks are disabled."""
+
+    def __init__(
+        self,
+        sinks: Mapping[str, Sink],
+        router: Router,
+        store: Store,
+        connector: Connector,
+        *,
+        delivery_timeout: float,
+        lease_seconds: float,
+        retry: RetryPolicy,
+        observer: RelayObserver,
+        stats: RelayStats,
+    ) -> None:
+        missing = [name for name in router.sink_names if name not in sinks]
+        if missing:
+            raise ValueError(f"subscriptions name sinks that do not exist: {', '.join(missing)}")
+        self._sinks = dict(sinks)
+        self._router = router
+        self._store = store
+        self._connector = connector
+        self._delivery_timeout = delivery_timeout
+        # Sinks time out their own slow events; this is the backstop for one that does not,
+        # still inside the lease.
+        self._backstop = (delivery_timeout + lease_seconds) / 2
+        self._retry = retry
+        self._observer = observer
+        self._stats = stats
+        self.disabled: set[str] = set()
+        """Sinks switched off: their events fail at once, without a call."""
+
+    def set_disabled(self, names: set[str]) -> None:
+        """Switch off exactly ``names``, as the database has them (read at start and by
+        each maintenance round)."""
+        self.disabled = names
+
+    def route(self, claim: Claim) -> Batch:
+        """Group the batch by sink: sinks delivered directly, sinks writing in the settle
+        transaction. Disabled sinks fail at once, without a call."""
+        batch = Batch(claim, time.monotonic(), {row.id: {} for row in claim.rows}, {}, {})
+        outcomes, direct, in_transaction = batch.outcomes, batch.direct, batch.in_transaction
+        for row in claim.rows:
+            for sink_name in sinks_due(
+                self._router.sinks_for(row.topic), row.deliveries, claim.now
+            ):
+                if sink_name in self.disabled:
+                    outcomes[row.id][sink_name] = Outcome(
+                        ok=False, permanent=True, error=f"sink {sink_name} is disabled"
+                    )
+                    continue
+                group = in_transaction if self._sinks[sink_name].transactional else direct
+                group.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
+        return batch
+
+    async def deliver(self, batch: Batch) -> None:
+        """Deliver to every directly called sink at once, each bounded by its own
+        concurrency."""
+        per_sink = batch.direct
+        results = await asyncio.gather(
+            *(self._deliver_to(name, items) for name, items in per_sink.items())
+        )
+        for (name, items), (errors, seconds) in zip(per_sink.items(), results, strict=True):
+            await self._record(name, items, errors, batch.outcomes, seconds)
+
+    async def deliver_in_transaction(self, conn: Connection, batch: Batch) -> None:
+        """Have the transactional sinks write on ``conn``, inside the settle's transaction,
+        each in a savepoint of its own. A lost connection ends the batch."""
+        for name, items in batch.in_transaction.items():
+            events = [event for _, event in items]
+            started = time.monotonic()
+            try:
+                async with sink_savepoint(conn):  # a failing sink writes nothing
+                    errors = await self._sinks[name].deliver_in_transaction(conn, events)
+            except DatabaseUnavailable:
+                raise
+            except Exception as error:
+                errors = [error] * len(events)
+            await self._record(name, items, errors, batch.outcomes, time.monotonic() - started)
+
+    def settlements(self, batch: Batch) -> list[tuple[ClaimedRow, Settlement]]:
+        """What to write back for each event of ``batch``, as of now."""
+        claim, outcomes = batch.claim, batch.outcomes
+        now = claim.now + dt.timedelta(seconds=time.monotonic() - batch.started)
+        # Events on their first claim that every sink accepted (most of them) settle alike
+        # for a given set of sinks, with no randomness: decided once per batch and shared.
+        first_try: dict[tuple[tuple[str, ...], tuple[str, ...]], Settlement] = {}
+        settled = []
+        for row in claim.rows:
+            attempted = outcomes[row.id]
+            if row.deliveries or row.errors or any(o is not SUCCESS for o in attempted.values()):
+                settled.append((row, self._settlement(row, attempted, now)))
+                continue
+            sinks = (self._router.sinks_for(row.topic), tuple(attempted))
+            settlement = first_try.get(sinks)
+            if settlement is None:
+                settlement = first_try[sinks] = self._settlement(row, attempted, now)
+            settled.append((row, settlement))
+        return settled
+
+    async def aclose(self) -> None:
+        """Close every sink; one failing to close does not keep the others open."""
+        await asyncio.gather(
+            *(sink.aclose() for sink in self._sinks.values()), return_exceptions=True
+        )
+
+    def _settlement(
+        self, row: ClaimedRow, outcomes: dict[str, Outcome], now: dt.datetime
+    ) -> Settlement:
+        return settle_event(
+            subscribed=self._router.sinks_for(row.topic),
+            deliveries=row.deliveries,
+            errors=row.errors,
+            outcomes=outcomes,
+            now=now,
+            policy=self._retry,
+        )
+
+    async def _record(
+        self,
+        sink_name: str,
+        items: list[tuple[ClaimedRow, Event]],
+        errors: Sequence[BaseException | None],
+        outcomes: dict[int, dict[str, Outcome]],
+        seconds: float,
+    ) -> None:
+        for (row, _), error in zip(items, errors, strict=True):
+            outcome = outcomes[row.id][sink_name] = classify(error)
+            self._observer.delivered(row.topic, sink_name, outcome.ok, outcome.permanent, seconds)
+            if isinstance(error, SinkGone) and sink_name not in self.disabled:
+                await self._disable(sink_name, outcome.error or "gone")
+        self._stats.deliveries += len(items)
+
+    async def _disable(self, sink_name: str, reason: str) -> None:
+        self.disabled.add(sink_name)
+        logger.warning("sink %s disabled: %s", sink_name, reason, extra={"sink": sink_name})
+        async with self._connector.connection() as conn:
+            await self._store.disable_sink(conn, sink_name, reason)
+
+    async def _deliver_to(
+        self, sink_name: str, items: list[tuple[ClaimedRow, Event]]
+    ) -> tuple[list[BaseException | None], float]:
+        """The sink's results for ``items``, and how long it took."""
+        started = time.monotonic()
+        errors = await self._call_sink(sink_name, [event for _, event in items])
+        return errors, time.monotonic() - started
+
+    async def _call_sink(self, sink_name: str, events: list[Event]) -> list[BaseException | None]:
+        timeout = self._backstop
+        try:
+            async with asyncio.timeout(timeout):
+                errors = await self._sinks[sink_name].deliver_batch(
+                    events, timeout=self._delivery_timeout
+                )
+        except TimeoutError:
+            return [RetryableError(f"delivery timed out after {timeout:g}s")] * len(events)
+        except Exception as error:
+            logger.exception("sink %s raised from deliver_batch", sink_name)
+            return [error] * len(events)
+        if len(errors) != len(events):
+            failure = RetryableError(
+                f"sink returned {len(errors)} results for {len(events)} events"
+            )
+            return [failure] * len(events)
+        return errors
+
+
+def _event_for(row: ClaimedRow, sink_name: str) -> Event:
+    state = row.deliveries.get(sink_name) or {}
+    return Event(
+        id=row.id,
+        topic=row.topic,
+        payload=row.payload,
+        key=row.key,
+        headers=row.headers,
+        created_at=row.created_at,
+        attempt=int(state.get("attempts", 0)) + 1,
+    )

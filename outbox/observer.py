@@ -1,0 +1,43 @@
+"""What a relay reports: its counters, and the observer that receives each measurement
+(``outbox.metrics`` turns them into Prometheus metrics). Both are importable from
+``outbox.relay`` too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class RelayStats:
+    """Counters since the relay started."""
+
+    batches: int = 0
+    claimed: int = 0
+    done: int = 0
+    retried: int = 0
+    failed: int = 0
+    deliveries: int = 0
+    leases_lost: int = 0
+
+
+class RelayObserver:
+    """Receives the relay's measurements (for metrics); every method defaults to nothing."""
+
+    wants_backlog = False
+    """True to have :meth:`backlog` called each maintenance round (one extra query)."""
+
+    def claimed(self, count: int) -> None:
+        """A batch of ``count`` events was claimed."""
+
+    def delivered(self, topic: str, sink: str, ok: bool, permanent: bool, seconds: float) -> None:
+        """One delivery attempt ended; ``seconds`` is the sink's time for its whole batch."""
+
+    def settled(self, status: str) -> None:
+        """An event was settled to ``status`` (done, pending, failed)."""
+
+    def lease_lost(self) -> None:
+        """A settle found its lease taken over: the result was discarded."""
+
+    def backlog(self, pending: int, lag_seconds: float) -> None:
+        """Events pending, and the age of the oldest one due."""

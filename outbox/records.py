@@ -1,0 +1,49 @@
+"""The records that cross between the store and the relay: what a claim reads, what a settle
+writes. Plain frozen dataclasses, built at the store boundary; no I/O, no driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+EventStatus = Literal["pending", "done", "failed"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """One claimed event, as the store read it."""
+
+    id: int
+    topic: str
+    key: str | None
+    payload: Any
+    headers: dict[str, str]
+    attempts: int
+    deliveries: dict[str, dict[str, Any]]
+    errors: list[dict[str, Any]]
+    created_at: dt.datetime
+    lease_token: uuid.UUID | None
+    """None for a row claimed under a row lock (claim mode "lock")."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed batch, ordered by id."""
+
+    rows: list[ClaimedRow]
+    now: dt.datetime
+    """The database clock when the batch was claimed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settlement:
+    """What to write back for one claimed event (decided by ``outbox.retry.settle_event``)."""
+
+    status: EventStatus
+    process_at: dt.datetime | None
+    deliveries: dict[str, dict[str, Any]]
+    errors: list[dict[str, Any]]
+    last_error: str | None
