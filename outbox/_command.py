@@ -20,8 +20,15 @@ import psycopg
 
 from outbox import runtime
 from outbox._urls import libpq_url
-from outbox.exceptions import ConfigError, DatabaseError, MigrationError, PluginError
+from outbox.exceptions import (
+    ConfigError,
+    DatabaseError,
+    MigrationError,
+    MissingSetting,
+    PluginError,
+)
 from outbox.settings import Settings, load_settings
+from outbox.store import driver_errors
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -51,15 +58,17 @@ class Command(click.Command):
 
     def _invoke_mapping_errors(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with driver_errors():
+                return super().invoke(ctx)
+        except MissingSetting as error:  # a flag can supply it: a usage error
+            message = "\n".join(message for _, message in error.errors)
+            raise click.UsageError(message, ctx) from error
         except ConfigError as error:
-            if len(error.errors) == 1 and error.errors[0] in runtime.MISSING:
-                raise click.UsageError(error.errors[0][1], ctx) from error
             lines = [f"config error: {where}: {message}" for where, message in error.errors]
             raise Failure("\n".join(lines), 2) from error
         except PluginError as error:
             raise Failure(f"error: {error}", 2) from error
-        except (DatabaseError, psycopg.Error) as error:
+        except DatabaseError as error:
             # The first line says it (connection refused, relation does not exist); the rest
             # is the driver's context, not the operator's.
             first = str(error).strip().splitlines() or [type(error).__name__]

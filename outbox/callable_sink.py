@@ -20,9 +20,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from outbox.exceptions import RetryableError
 from outbox.hookspecs import RegisterSink, hookimpl
-from outbox.sinks import Event, Sink
+from outbox.sinks import Event, Sink, timed_out
 
 
 class CallableOptions(BaseModel):
@@ -89,8 +88,7 @@ class CallableSink(Sink):
         if not self._batch:
             return await super().deliver_batch(events, timeout=timeout)
         # One call for the batch, under the deadline the base class would give each event.
-        limits = (timeout, self.delivery_timeout)
-        deadline = min((limit for limit in limits if limit is not None), default=None)
+        deadline = self.deadline(timeout)
         cutoff = asyncio.timeout(deadline)
         try:
             async with cutoff:
@@ -98,7 +96,7 @@ class CallableSink(Sink):
         except Exception as error:
             if not cutoff.expired():
                 return [error] * len(events)
-            return [RetryableError(f"delivery timed out after {deadline:g}s")] * len(events)
+            return [timed_out(deadline)] * len(events)
         return [None] * len(events)
 
     async def _call(self, argument: object) -> None:

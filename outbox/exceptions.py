@@ -2,6 +2,7 @@
 
     OutboxError
     ├── ConfigError          the configuration is invalid: ``errors`` lists (where, what)
+    │   └── MissingSetting   a setting the command needs is absent (a flag can give it)
     ├── PluginError          an installed plugin could not be loaded or registered
     ├── PublishError         bad input at publish time; nothing was written (also a ValueError)
     ├── MigrationError       a migration could not be applied
@@ -33,6 +34,11 @@ class ConfigError(OutboxError, ValueError):
     def __init__(self, errors: list[tuple[str, str]]) -> None:
         self.errors = errors
         super().__init__("\n".join(f"{where}: {message}" for where, message in errors))
+
+
+class MissingSetting(ConfigError):
+    """A setting that is needed is absent rather than wrong: a flag, the environment or the
+    configuration file can supply it."""
 
 
 class PluginError(OutboxError, RuntimeError):

@@ -29,7 +29,7 @@ from outbox._urls import libpq_url
 from outbox.exceptions import PermanentError, RetryableError
 from outbox.hookspecs import RegisterSink, hookimpl
 from outbox.secrets import Secret
-from outbox.sinks import Event, Sink
+from outbox.sinks import Event, Sink, timed_out
 
 
 class PostgresOptions(BaseModel):
@@ -88,8 +88,7 @@ class PostgresSink(Sink):
     ) -> list[BaseException | None]:
         """Write ``events`` in one transaction, all within the shorter of ``timeout`` and
         :attr:`delivery_timeout` (waiting for an earlier batch included), or none of them."""
-        limits = (timeout, self.delivery_timeout)
-        deadline = min((limit for limit in limits if limit is not None), default=None)
+        deadline = self.deadline(timeout)
         cutoff = asyncio.timeout(deadline)
         try:
             async with cutoff, self._lock:
@@ -98,7 +97,7 @@ class PostgresSink(Sink):
             if not cutoff.expired():
                 raise
             # psycopg cancelled the statement on the server; the transaction rolled back.
-            return [RetryableError(f"delivery timed out after {deadline:g}s")] * len(events)
+            return [timed_out(deadline)] * len(events)
 
     async def _deliver_batch(self, events: Sequence[Event]) -> list[BaseException | None]:
         try:

@@ -56,37 +56,30 @@ CLAIM_MODES: tuple[ClaimMode, ...] = ("lease", "lock")
 _STRATEGIES: dict[ClaimMode, type[ClaimStrategy]] = {"lease": LeaseStrategy, "lock": LockStrategy}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RelayOptions:
-    """How a relay runs. Defaults are documented in ``config/outbox.toml``."""
+    """How a relay runs, as plain values. :func:`outbox.runtime.relay_options` builds them
+    from the settings, which hold every default and check every value
+    (``config/outbox.toml`` documents them)."""
 
-    schema: str = "public"
-    channel: str = "outbox"
-    batch_size: int = 100
-    concurrency: int = 1
-    lease_seconds: float = 60.0
-    delivery_timeout: float = 30.0
-    poll_interval: float = 1.0
-    listen: bool = True
-    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
-    retention_seconds: float = 7 * 24 * 3600.0
-    retention_batch: int = 1000
-    maintenance_interval: float = 5.0
-    name: str = ""
-    claim_mode: ClaimMode = "lease"
+    schema: str
+    channel: str
+    batch_size: int
+    concurrency: int
+    lease_seconds: float
+    delivery_timeout: float
+    poll_interval: float
+    listen: bool
+    retry: RetryPolicy
+    retention_seconds: float
+    retention_batch: int
+    maintenance_interval: float
+    name: str
+    """The relay's name in leases and ``pg_stat_activity``; empty: host, pid and a suffix."""
+    claim_mode: ClaimMode
     """``"lease"``: a claim marks rows ``processing`` under a lease and commits; the settle
     is a second write. ``"lock"``: a batch is one transaction, its row locks the lease, one
     write per event; for sinks that answer in milliseconds (docs/decisions/0007)."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.concurrency < 1:
-            raise ValueError("batch_size and concurrency must be at least 1")
-        if self.claim_mode not in CLAIM_MODES:
-            raise ValueError(f"claim_mode must be one of {', '.join(CLAIM_MODES)}")
-        if not 0 < self.delivery_timeout < self.lease_seconds:
-            raise ValueError("delivery_timeout must be positive and shorter than lease_seconds")
-        if self.poll_interval <= 0:
-            raise ValueError("poll_interval must be positive")
 
 
 def default_relay_name() -> str:
@@ -101,11 +94,11 @@ class Relay:
         database_url: str,
         sinks: Mapping[str, Sink],
         subscriptions: Sequence[Subscription],
-        options: RelayOptions | None = None,
+        options: RelayOptions,
         *,
         observer: RelayObserver | None = None,
     ) -> None:
-        self.options = options = options or RelayOptions()
+        self.options = options
         self.observer = observer or RelayObserver()
         self.name = options.name or default_relay_name()
         self.stats = RelayStats()

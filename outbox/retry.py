@@ -27,25 +27,16 @@ MAX_RETRY_AFTER = 30 * 24 * 3600.0
 near enough that the date stays representable (an infinite one would crash the settle)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with jitter and a cap; ``max_attempts`` per sink."""
+    """Exponential backoff with jitter and a cap; ``max_attempts`` per sink. Plain values:
+    the settings hold the defaults and check the ranges (``[relay]`` in the configuration)."""
 
-    max_attempts: int = 10
-    base_seconds: float = 1.0
-    cap_seconds: float = 3600.0
-    jitter: float = 0.25
-    errors_kept: int = 10
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.base_seconds <= 0 or self.cap_seconds < self.base_seconds:
-            raise ValueError("backoff needs 0 < base_seconds <= cap_seconds")
-        if not 0 <= self.jitter < 1:
-            raise ValueError("jitter must be in [0, 1)")
-        if self.errors_kept < 1:
-            raise ValueError("errors_kept must be at least 1")
+    max_attempts: int
+    base_seconds: float
+    cap_seconds: float
+    jitter: float
+    errors_kept: int
 
 
 def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:

@@ -17,7 +17,7 @@ import signal
 from typing import Any
 
 from outbox import plugins
-from outbox.exceptions import ConfigError
+from outbox.exceptions import MissingSetting
 from outbox.relay import Relay, RelayObserver, RelayOptions
 from outbox.routing import Subscription
 from outbox.settings import Settings
@@ -33,24 +33,21 @@ NO_SUBSCRIPTIONS = (
     "no subscriptions configured: add [[subscriptions]] to the configuration "
     "(config/outbox.toml, or --config FILE) so that events have somewhere to go",
 )
-MISSING = (NO_DATABASE, NO_SUBSCRIPTIONS)
-"""The errors of a setting that is absent rather than wrong: the CLI shows them as usage
-errors, since a flag or a file can supply it."""
 
 
 def database_url(settings: Settings) -> str:
-    """The configured database URL; :class:`ConfigError` when there is none."""
+    """The configured database URL; :class:`~outbox.exceptions.MissingSetting` if none."""
     url = settings.url()
     if not url:
-        raise ConfigError([NO_DATABASE])
+        raise MissingSetting([NO_DATABASE])
     return url
 
 
 def subscriptions(settings: Settings) -> list[Subscription]:
-    """The configured subscriptions; :class:`ConfigError` when there are none, since a relay
-    without any would mark every event done, delivered nowhere."""
+    """The configured subscriptions; :class:`~outbox.exceptions.MissingSetting` if there
+    are none, since a relay without any would mark every event done, delivered nowhere."""
     if not settings.subscriptions:
-        raise ConfigError([NO_SUBSCRIPTIONS])
+        raise MissingSetting([NO_SUBSCRIPTIONS])
     return settings.subscription_list()
 
 

@@ -49,14 +49,8 @@ def _cancel_unfinished(tasks: Sequence[asyncio.Task[Any]]) -> None:
         task.cancel()  # a no-op for tasks already done
 
 
-def _shorter(first: float | None, second: float | None) -> float | None:
-    """The shorter of two deadlines, either of which may be None (none)."""
-    if first is None:
-        return second
-    return first if second is None else min(first, second)
-
-
-def _timed_out(deadline: float | None) -> RetryableError:
+def timed_out(deadline: float | None) -> RetryableError:
+    """The result of an event whose delivery did not finish within ``deadline`` seconds."""
     if deadline is None:  # no deadline: cancelled some other way
         return RetryableError("delivery was cancelled")
     return RetryableError(f"delivery timed out after {deadline:g}s")
@@ -91,6 +85,14 @@ class Sink:
     def __init__(self, options: Any = None) -> None:
         self._limit: asyncio.Semaphore | None = None
 
+    def deadline(self, timeout: float | None) -> float | None:
+        """Seconds a batch may take: the shorter of the caller's ``timeout`` and this sink's
+        own :attr:`delivery_timeout` (None: no deadline). For overrides of
+        :meth:`deliver_batch`; answer an event cut off by it with :func:`timed_out`."""
+        if timeout is None:
+            return self.delivery_timeout
+        return timeout if self.delivery_timeout is None else min(timeout, self.delivery_timeout)
+
     async def deliver(self, event: Event) -> None:
         """Deliver one event; return normally only once the receiver has it."""
         raise NotImplementedError
@@ -107,9 +109,9 @@ class Sink:
         :attr:`delivery_timeout`, if set and shorter): one slow event times out alone, and
         the events already delivered keep their success.
         """
-        deadline = _shorter(timeout, self.delivery_timeout)
+        deadline = self.deadline(timeout)
         # What an event not delivered by the deadline keeps; the others overwrite theirs.
-        results: list[BaseException | None] = [_timed_out(deadline)] * len(events)
+        results: list[BaseException | None] = [timed_out(deadline)] * len(events)
         todo = iter(enumerate(events))
         # A few workers take the events in turn, under one timer for the batch: a task or a
         # timeout per event was most of a fast sink's time.
@@ -149,7 +151,7 @@ class Sink:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # the deadline, or the caller
                 raise
-            return _timed_out(deadline)  # raised by the sink itself: this event's failure alone
+            return timed_out(deadline)  # raised by the sink itself: this event's failure alone
         return None
 
     async def deliver_in_transaction(

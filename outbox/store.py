@@ -82,6 +82,12 @@ class _DriverErrors:
 _DRIVER_ERRORS = _DriverErrors()
 
 
+def driver_errors() -> _DriverErrors:
+    """A context in which the driver's errors are raised as the library's own: for callers
+    that run statements of their own (the CLI's operator commands, migrations)."""
+    return _DRIVER_ERRORS
+
+
 # -- connections ------------------------------------------------------------------------------
 
 

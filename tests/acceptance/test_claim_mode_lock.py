@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 import outbox
-from outbox.relay import Relay, RelayOptions
+from outbox.relay import Relay
 from outbox.routing import Subscription
+from outbox.runtime import relay_options
 from outbox.sinks import Event, Sink
 
 pytestmark = pytest.mark.acceptance
@@ -121,7 +122,7 @@ def test_a_killed_lock_mode_relay_frees_its_rows_at_once(database_url: str, tmp_
             proc.wait(timeout=10)
 
     sink = Recorder()
-    options = RelayOptions(
+    options = relay_options(
         lease_seconds=LEASE_SECONDS, delivery_timeout=30.0, poll_interval=0.05, listen=False
     )
     relay = Relay(database_url, {"hold": sink}, [Subscription(("order.#",), ("hold",))], options)

@@ -30,13 +30,16 @@ from outbox.exceptions import (
 )
 from outbox.postgres_sink import PostgresOptions, PostgresSink
 from outbox.relay import Relay, RelayOptions, RelayStats
-from outbox.retry import RetryPolicy
 from outbox.routing import Subscription
+from outbox.runtime import relay_options
+from outbox.settings import RelaySettings
 from outbox.sinks import Event, Sink
 from outbox.store import Connector
 
 DEADLINE = 10.0
-FAST_RETRY = RetryPolicy(max_attempts=5, base_seconds=0.01, cap_seconds=0.05, jitter=0.0)
+FAST_RETRY = dataclasses.replace(
+    relay_options().retry, max_attempts=5, base_seconds=0.01, cap_seconds=0.05, jitter=0.0
+)
 Db = psycopg.AsyncConnection[DictRow]
 Rule = Callable[[Event], BaseException | None]
 
@@ -51,7 +54,7 @@ def options(**overrides: Any) -> RelayOptions:
         "maintenance_interval": 0.1,
     }
     values.update(overrides)
-    return RelayOptions(**values)
+    return relay_options(**values)
 
 
 class Recorder(Sink):
@@ -854,14 +857,14 @@ async def test_a_cancelled_lock_mode_batch_is_rolled_back_uncounted(
     assert [(await row(db, i))["attempts"] for i in ids] == [1] * 3
 
 
-def test_relay_options_refuse_an_unknown_claim_mode() -> None:
+def test_relay_settings_refuse_an_unknown_claim_mode() -> None:
     with pytest.raises(ValueError, match="claim_mode"):
-        RelayOptions(claim_mode="queue")  # type: ignore[arg-type]
+        RelaySettings(claim_mode="queue")  # type: ignore[arg-type]
 
 
 def test_subscriptions_must_name_existing_sinks(database_url: str) -> None:
     with pytest.raises(ValueError, match="missing"):
-        Relay(database_url, {"a": Recorder()}, [Subscription(("#",), ("a", "missing"))])
+        Relay(database_url, {"a": Recorder()}, [Subscription(("#",), ("a", "missing"))], options())
 
 
 # -- helpers -------------------------------------------------------------------------------

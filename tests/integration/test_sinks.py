@@ -27,6 +27,7 @@ from outbox.plugins import build_sinks, make_plugin_manager, sink_types
 from outbox.postgres_sink import PostgresOptions, PostgresSink
 from outbox.relay import Relay, RelayOptions
 from outbox.routing import Subscription
+from outbox.runtime import relay_options
 from outbox.settings import SinkSettings
 from outbox.sinks import Event, Sink
 from outbox.testing import Behaviour, SinkHarness, exercise_sink, make_event
@@ -80,7 +81,7 @@ def fast_options(**overrides: Any) -> RelayOptions:
         "delivery_timeout": 4.0,
     }
     values.update(overrides)
-    return RelayOptions(**values)
+    return relay_options(**values)
 
 
 async def drain(url: str, sinks: dict[str, Sink], options: RelayOptions | None = None) -> None:
@@ -424,8 +425,9 @@ import signal
 import sys
 
 from outbox.postgres_sink import PostgresOptions, PostgresSink
-from outbox.relay import Relay, RelayOptions
+from outbox.relay import Relay
 from outbox.routing import Subscription
+from outbox.runtime import relay_options
 
 
 class DiesAfterInsert(PostgresSink):
@@ -439,7 +441,7 @@ class DiesAfterInsert(PostgresSink):
 
 async def main(url):
     sink = DiesAfterInsert(PostgresOptions(schema="audit", table="events"))
-    options = RelayOptions(lease_seconds=1, delivery_timeout=0.5, listen=False)
+    options = relay_options(lease_seconds=1, delivery_timeout=0.5, listen=False)
     relay = Relay(url, {"audit": sink}, [Subscription(("#",), ("audit",))], options)
     await relay.run(once=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import threading
@@ -20,9 +21,9 @@ from standardwebhooks import Webhook
 
 import outbox
 from outbox.plugins import build_sinks, make_plugin_manager, sink_types
-from outbox.relay import Relay, RelayOptions
-from outbox.retry import RetryPolicy
+from outbox.relay import Relay
 from outbox.routing import Subscription
+from outbox.runtime import relay_options
 from outbox.settings import SinkSettings
 from outbox.store import Store
 
@@ -90,12 +91,14 @@ def _relay(database_url: str, url: str, secret: str | list[str]) -> Relay:
         )
     }
     sinks = build_sinks(settings, sink_types(make_plugin_manager(entry_points=False)))
-    options = RelayOptions(
+    options = relay_options(
         poll_interval=0.05,
         maintenance_interval=0.1,
         lease_seconds=10,
         delivery_timeout=5,
-        retry=RetryPolicy(max_attempts=5, base_seconds=0.01, cap_seconds=0.05, jitter=0),
+        retry=dataclasses.replace(
+            relay_options().retry, max_attempts=5, base_seconds=0.01, cap_seconds=0.05, jitter=0
+        ),
     )
     return Relay(database_url, sinks, [Subscription(("order.#",), ("hooks",))], options)
 

@@ -5,6 +5,7 @@ No database and no sleeping: times are datetimes handed in, randomness is a seed
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import random
@@ -31,9 +32,17 @@ from outbox.retry import (
     settle_event,
     sinks_due,
 )
+from outbox.settings import RelaySettings
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-NO_JITTER = RetryPolicy(base_seconds=1.0, cap_seconds=60.0, jitter=0.0, max_attempts=5)
+
+
+def retry_policy(**overrides: Any) -> RetryPolicy:
+    """The default policy (the settings'), with ``overrides``."""
+    return dataclasses.replace(RelaySettings().retry_policy(), **overrides)
+
+
+NO_JITTER = retry_policy(base_seconds=1.0, cap_seconds=60.0, jitter=0.0, max_attempts=5)
 
 
 def at(seconds: float) -> dt.datetime:
@@ -68,18 +77,18 @@ def settle(
 
 
 def test_backoff_doubles_from_the_base_without_jitter() -> None:
-    policy = RetryPolicy(base_seconds=0.5, cap_seconds=1000.0, jitter=0.0)
+    policy = retry_policy(base_seconds=0.5, cap_seconds=1000.0, jitter=0.0)
     assert [backoff_seconds(n, policy) for n in range(1, 7)] == [0.5, 1, 2, 4, 8, 16]
 
 
 def test_backoff_is_capped() -> None:
-    policy = RetryPolicy(base_seconds=1.0, cap_seconds=10.0, jitter=0.0)
+    policy = retry_policy(base_seconds=1.0, cap_seconds=10.0, jitter=0.0)
     assert [backoff_seconds(n, policy) for n in (4, 5, 6, 60)] == [8, 10, 10, 10]
     assert backoff_seconds(10**9, policy) == 10  # no overflow for absurd attempt numbers
 
 
 def test_backoff_stays_within_the_jitter_bounds() -> None:
-    policy = RetryPolicy(base_seconds=1.0, cap_seconds=1000.0, jitter=0.25)
+    policy = retry_policy(base_seconds=1.0, cap_seconds=1000.0, jitter=0.25)
     rng = random.Random(1234)
     for attempt in range(1, 9):
         nominal = 2.0 ** (attempt - 1)
@@ -89,7 +98,7 @@ def test_backoff_stays_within_the_jitter_bounds() -> None:
 
 
 def test_backoff_with_jitter_never_exceeds_the_cap() -> None:
-    policy = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, jitter=0.5)
+    policy = retry_policy(base_seconds=1.0, cap_seconds=5.0, jitter=0.5)
     rng = random.Random(99)
     delays = [backoff_seconds(attempt, policy, rng) for attempt in range(4, 30) for _ in range(50)]
     assert max(delays) <= 5.0
@@ -97,7 +106,7 @@ def test_backoff_with_jitter_never_exceeds_the_cap() -> None:
 
 
 def test_backoff_grows_exponentially_despite_jitter() -> None:
-    policy = RetryPolicy(base_seconds=1.0, cap_seconds=10_000.0, jitter=0.25)
+    policy = retry_policy(base_seconds=1.0, cap_seconds=10_000.0, jitter=0.25)
     rng = random.Random(5)
     delays = [backoff_seconds(attempt, policy, rng) for attempt in range(1, 12)]
     # With +/-25% jitter each step is at least 2 * 0.75 / 1.25 = 1.2 times the previous one.
@@ -105,7 +114,7 @@ def test_backoff_grows_exponentially_despite_jitter() -> None:
 
 
 def test_backoff_is_reproducible_with_a_seed() -> None:
-    policy = RetryPolicy()
+    policy = retry_policy()
     first = [backoff_seconds(n, policy, random.Random(42)) for n in range(1, 6)]
     again = [backoff_seconds(n, policy, random.Random(42)) for n in range(1, 6)]
     assert first == again
@@ -115,16 +124,17 @@ def test_backoff_is_reproducible_with_a_seed() -> None:
     "kwargs",
     [
         {"max_attempts": 0},
-        {"base_seconds": 0},
-        {"base_seconds": 10, "cap_seconds": 5},
-        {"jitter": 1.0},
-        {"jitter": -0.1},
+        {"backoff_base": 0},
+        {"backoff_base": 10, "backoff_cap": 5},
+        {"backoff_jitter": 1.0},
+        {"backoff_jitter": -0.1},
         {"errors_kept": 0},
     ],
 )
 def test_nonsense_policies_are_refused(kwargs: dict[str, Any]) -> None:
+    # The settings check the policy's values; RetryPolicy itself holds them as given.
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
-        RetryPolicy(**kwargs)
+        RelaySettings(**kwargs)
 
 
 # -- classify ------------------------------------------------------------------------------
@@ -240,7 +250,7 @@ def test_process_at_counts_sinks_not_attempted_in_this_claim() -> None:
 
 
 def test_retry_after_wins_over_the_backoff() -> None:
-    policy = RetryPolicy(base_seconds=100.0, cap_seconds=1000.0, jitter=0.0)
+    policy = retry_policy(base_seconds=100.0, cap_seconds=1000.0, jitter=0.0)
     settlement = settle({"a": SUCCESS, "b": retry(retry_after=0.5)}, policy=policy)
     assert settlement.deliveries["b"]["not_before"] == at(0.5).isoformat()
     assert settlement.process_at == at(0.5)
@@ -287,7 +297,7 @@ def test_a_permanently_failed_sink_waits_for_the_others() -> None:
 
 
 def test_max_attempts_fails_the_sink() -> None:
-    policy = RetryPolicy(max_attempts=3, base_seconds=1.0, cap_seconds=10.0, jitter=0.0)
+    policy = retry_policy(max_attempts=3, base_seconds=1.0, cap_seconds=10.0, jitter=0.0)
     deliveries: Mapping[str, Mapping[str, Any]] = {}
     errors: list[dict[str, Any]] = []
     statuses = []
@@ -311,7 +321,7 @@ def test_max_attempts_fails_the_sink() -> None:
 
 
 def test_max_attempts_counts_per_sink() -> None:
-    policy = RetryPolicy(max_attempts=2, jitter=0.0)
+    policy = retry_policy(max_attempts=2, jitter=0.0)
     deliveries = {
         "a": {"status": RETRYING, "attempts": 1, "not_before": NOW.isoformat()},
         "b": {"status": DELIVERED, "attempts": 5},
@@ -358,7 +368,7 @@ def test_errors_record_time_sink_and_attempt() -> None:
 
 
 def test_the_error_history_is_trimmed_to_the_newest() -> None:
-    policy = RetryPolicy(max_attempts=100, jitter=0.0, errors_kept=3)
+    policy = retry_policy(max_attempts=100, jitter=0.0, errors_kept=3)
     deliveries: Mapping[str, Mapping[str, Any]] = {}
     errors: list[dict[str, Any]] = []
     for attempt in range(1, 7):

@@ -18,7 +18,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 import outbox
-from outbox.sinks import Event, Sink
+from outbox.sinks import Event, Sink, timed_out
 
 
 class JsonlOptions(BaseModel):
@@ -52,15 +52,14 @@ class JsonlSink(Sink):
         timeout: float | None = None,  # noqa: ASYNC109 (the base class's signature)
     ) -> list[BaseException | None]:
         # The whole batch gets the deadline the base class would give each event.
-        limits = (timeout, self.delivery_timeout)
-        deadline = min((limit for limit in limits if limit is not None), default=None)
+        deadline = self.deadline(timeout)
         cutoff = asyncio.timeout(deadline)
         try:
             async with cutoff:
                 await asyncio.to_thread(self._append, events)
         except OSError as error:  # TimeoutError included
             if cutoff.expired():
-                failure = outbox.RetryableError(f"delivery timed out after {deadline:g}s")
+                failure = timed_out(deadline)
             else:
                 failure = outbox.RetryableError(f"cannot write {self._options.path}: {error}")
             return [failure] * len(events)
