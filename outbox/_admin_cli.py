@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 import click
 
 from outbox import _output, admin
-from outbox._command import Command, Connection, Failure, Group, on_database, with_settings
+from outbox._command import (
+    BadOption,
+    Command,
+    Connection,
+    Failure,
+    Group,
+    on_database,
+    with_settings,
+)
 from outbox.routing import validate_pattern
 from outbox.settings import Settings
 
@@ -58,14 +66,14 @@ def _time_bound(
     try:
         return admin.parse_time(value)
     except ValueError as error:
-        raise click.BadParameter(str(error)) from error
+        raise BadOption(str(error)) from error
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> dt.timedelta:
     try:
         return admin.parse_duration(value)
     except ValueError as error:
-        raise click.BadParameter(str(error)) from error
+        raise BadOption(str(error)) from error
 
 
 @click.command("status", cls=Command)

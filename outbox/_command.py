@@ -19,7 +19,7 @@ import click
 import psycopg
 
 from outbox import runtime
-from outbox._urls import libpq_url
+from outbox._urls import InvalidURL, libpq_url
 from outbox.exceptions import (
     ConfigError,
     DatabaseError,
@@ -46,6 +46,15 @@ class Failure(Exception):
         self.exit_code = exit_code
 
 
+class BadOption(click.BadParameter):
+    """A bad option value, said in one line, ``error: --name: why``, with exit 2 (click's
+    own message adds a usage line and a hint). Raised by an option's callback."""
+
+    def show(self, file: Any = None) -> None:
+        name = self.param.opts[0] if self.param is not None else self.param_hint
+        click.echo(f"error: {name}: {self.message}", file=file, err=file is None)
+
+
 class Command(click.Command):
     """A command whose errors become a message and an exit code here, and nowhere else."""
 
@@ -66,7 +75,7 @@ class Command(click.Command):
         except ConfigError as error:
             lines = [f"config error: {where}: {message}" for where, message in error.errors]
             raise Failure("\n".join(lines), 2) from error
-        except PluginError as error:
+        except (PluginError, InvalidURL) as error:
             raise Failure(f"error: {error}", 2) from error
         except DatabaseError as error:
             # The first line says it (connection refused, relation does not exist); the rest

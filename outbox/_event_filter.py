@@ -19,6 +19,8 @@ SINK_STATUSES = ("delivered", "retrying", "failed")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = dt.timedelta(days=36525)
+"""The longest duration accepted (100 years): longer ones do not fit a clock's range."""
 
 TimeBound = dt.datetime | dt.timedelta
 """An absolute time, or how long before the database's ``now()``."""
@@ -26,13 +28,24 @@ TimeBound = dt.datetime | dt.timedelta
 
 def parse_duration(text: str) -> dt.timedelta:
     """``90s``, ``10m``, ``2h``, ``7d``, ``1w`` or a sum like ``1h30m``; ``ValueError`` if not."""
-    compact = text.strip().lower()
-    parts = _DURATION_PART.findall(compact)
-    if not compact or "".join(number + unit for number, unit in parts) != compact:
+    parts = _duration_parts(text)
+    if parts is None:
         raise ValueError(
             f"invalid duration {text!r}: use a number and a unit s, m, h, d or w (10m, 2h, 7d)"
         )
-    return dt.timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not seconds <= MAX_DURATION.total_seconds():  # inf and nan too
+        shown = text.strip() if len(text.strip()) <= 20 else text.strip()[:20] + "…"
+        raise ValueError(f"duration {shown!r} too large: at most {MAX_DURATION.days}d (100 years)")
+    return dt.timedelta(seconds=seconds)
+
+
+def _duration_parts(text: str) -> list[tuple[str, str]] | None:
+    compact = text.strip().lower()
+    parts: list[tuple[str, str]] = _DURATION_PART.findall(compact)
+    if not compact or "".join(number + unit for number, unit in parts) != compact:
+        return None
+    return parts
 
 
 def parse_time(text: str) -> TimeBound:
@@ -41,10 +54,8 @@ def parse_time(text: str) -> TimeBound:
     stripped = text.strip()
     if stripped.lower() == "now":
         return dt.timedelta(0)
-    try:
+    if _duration_parts(stripped) is not None:
         return parse_duration(stripped)
-    except ValueError:
-        pass
     try:
         moment = dt.datetime.fromisoformat(stripped)
     except ValueError:

@@ -23,6 +23,10 @@ TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 MAX_TOPIC_LENGTH = 255
 MAX_KEY_LENGTH = 255
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# Arrays and objects nested in a payload, at most. Python's json module recurses (about 990
+# levels end in RecursionError) and every reader adds levels of its own: the relay decodes a
+# batch as one array, the webhook and postgres sinks wrap the payload in an envelope.
+MAX_PAYLOAD_DEPTH = 100
 # Far enough for any schedule, near enough that now() + delay stays a valid timestamptz.
 MAX_DELAY = dt.timedelta(days=1000 * 365)
 
@@ -229,15 +233,22 @@ def _check_text(value: str, what: str) -> None:
             raise PublishError(f"{what} contains a lone surrogate, which is not UTF-8") from None
 
 
-def _check_json_value(value: Any, path: str) -> None:
-    """Refuse what JSON or jsonb cannot hold exactly, naming where it is."""
-    if isinstance(value, Mapping):
-        _check_json_object(value, path)
-    elif isinstance(value, list | tuple):
+def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse what JSON or jsonb cannot hold exactly, naming where it is. ``depth`` counts
+    the arrays and objects around ``value``."""
+    if isinstance(value, Mapping | list | tuple):
+        if depth >= MAX_PAYLOAD_DEPTH:
+            raise PublishError(
+                f"{path} is nested too deeply: a payload nests arrays and objects at most "
+                f"{MAX_PAYLOAD_DEPTH} levels deep"
+            )
+        if isinstance(value, Mapping):
+            _check_json_object(value, path, depth + 1)
+            return
         for index, item in enumerate(value):
             # Plain leaves are checked inline: building their path costs more than the check.
             if not _is_plain_leaf(item):
-                _check_json_value(item, f"{path}[{index}]")
+                _check_json_value(item, f"{path}[{index}]", depth + 1)
     elif isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, float):
@@ -247,14 +258,14 @@ def _check_json_value(value: Any, path: str) -> None:
         raise PublishError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
 
 
-def _check_json_object(value: Mapping[Any, Any], path: str) -> None:
+def _check_json_object(value: Mapping[Any, Any], path: str, depth: int) -> None:
     for item_key, item in value.items():
         if not isinstance(item_key, str):
             raise PublishError(f"{path} has a key {item_key!r}; JSON object keys are str")
         if not _is_plain_leaf(item_key):
             _check_text(item_key, f"{path} key")
         if not _is_plain_leaf(item):
-            _check_json_value(item, f"{path}[{item_key!r}]")
+            _check_json_value(item, f"{path}[{item_key!r}]", depth)
 
 
 def _is_plain_leaf(value: Any) -> bool:

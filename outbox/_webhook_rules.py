@@ -19,6 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import httpx
+
 from outbox.exceptions import PermanentError, RetryableError, SinkError, SinkGone
 from outbox.sinks import Event
 
@@ -29,9 +31,12 @@ __all__ = [
     "classify_status",
     "envelope",
     "parse_retry_after",
+    "redact",
     "secret_key",
+    "shown_url",
     "sign",
     "trace_headers",
+    "url_problem",
 ]
 
 MAX_RETRY_AFTER = 24 * 3600.0
@@ -120,6 +125,49 @@ def trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if lowered in _TRACE_HEADERS and _plain_ascii(value) and len(value) <= 512:
             found[lowered] = value
     return found
+
+
+def url_problem(text: str) -> str | None:
+    """What makes ``text`` unusable as a webhook URL, without quoting its path; ``None`` if
+    nothing does."""
+    if any(char.isspace() or not char.isprintable() for char in text):
+        return "the URL contains a space or a control character (write %20)"
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as error:
+        return f"not a valid URL: {error}"
+    if url.scheme not in ("http", "https"):
+        return f"the URL must be http:// or https://, not {url.scheme or 'none'}"
+    if not url.host:
+        return "the URL has no host"
+    if url.port is not None and not 1 <= url.port <= 65535:
+        return f"the URL's port {url.port} is not in 1..65535"
+    return None
+
+
+def shown_url(url: httpx.URL | str, *, secret: bool = True) -> str:
+    """``url`` as text may show it: never credentials, query or fragment, and when the URL
+    is ``secret`` (a token in its path, as Slack's) only ``scheme://host[:port]/…``."""
+    url = httpx.URL(url).copy_with(username=None, password=None, query=None, fragment=None)
+    if secret and url.path not in ("", "/"):
+        return str(url.copy_with(path="/")) + "…"
+    return str(url)
+
+
+def redact(text: str, url: httpx.URL | str, *, secret: bool = True) -> str:
+    """``text`` (an error message, say) with every spelling of ``url`` it quotes replaced by
+    :func:`shown_url`, and, when the URL is ``secret``, its path by ``…``."""
+    url = httpx.URL(url)
+    shown = shown_url(url, secret=secret)
+    bare = url.copy_with(username=None, password=None, fragment=None)
+    for spelling in sorted({str(url), str(bare), str(bare.copy_with(query=None))}, key=len)[::-1]:
+        text = text.replace(spelling, shown)
+    if url.query:
+        text = text.replace(url.query.decode("ascii", "replace"), "…")
+    if secret and url.path not in ("", "/"):
+        raw = url.raw_path.split(b"?")[0].decode("ascii", "replace")
+        text = text.replace(raw, "/…").replace(url.path, "/…")
+    return text
 
 
 def _plain_ascii(value: object) -> bool:

@@ -36,6 +36,7 @@ import httpcore
 import httpx
 
 from outbox._asyncio_stream import open_stream
+from outbox._webhook_rules import redact, shown_url
 from outbox.exceptions import PermanentError, RetryableError
 
 __all__ = ["WebhookTransport", "connect_address", "refusal"]
@@ -52,7 +53,8 @@ class WebhookTransport(httpx.AsyncBaseTransport):
     Raises :class:`~outbox.RetryableError` for a network failure or the deadline, and
     :class:`~outbox.PermanentError` for an address it refuses to connect to (one that is not
     public, unless ``allowed_networks`` holds it). ``network`` replaces the network, and with
-    it the address check, for tests.
+    it the address check, for tests. Error messages show the URL as
+    :func:`~outbox._webhook_rules.shown_url` does (``url_is_secret``: without its path).
     """
 
     def __init__(
@@ -63,9 +65,11 @@ class WebhookTransport(httpx.AsyncBaseTransport):
         max_response_bytes: int,
         allowed_networks: Sequence[IPNetwork] = (),
         verify_tls: bool = True,
+        url_is_secret: bool = True,
         network: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._timeout = timeout
+        self._url_is_secret = url_is_secret
         self._max_response_bytes = max_response_bytes
         if network is None:
             backend = _CheckedBackend(allowed_networks, connect_timeout)
@@ -81,12 +85,17 @@ class WebhookTransport(httpx.AsyncBaseTransport):
                 finally:
                     await response.aclose()
         except TimeoutError:
+            shown = shown_url(request.url, secret=self._url_is_secret)
             raise RetryableError(
-                f"no complete answer from {_shown(request.url)} within {self._timeout:g}s"
+                f"no complete answer from {shown} within {self._timeout:g}s"
             ) from None
         except httpx.TransportError as error:
-            detail = str(error) or type(error).__name__
-            raise RetryableError(f"{detail} ({_shown(request.url)})") from error
+            # httpx's messages may quote the URL: redacted here, the one place they arrive,
+            # and not chained, so that a logged traceback cannot show the original.
+            secret = self._url_is_secret
+            detail = redact(str(error) or type(error).__name__, request.url, secret=secret)
+            shown = shown_url(request.url, secret=secret)
+            raise RetryableError(f"{detail} ({shown})") from None
         # An unread stream: reading content here would cost more than the rest of the
         # answer's handling, and a 2xx answer's body is never looked at.
         return httpx.Response(
@@ -98,11 +107,6 @@ class WebhookTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._network.aclose()
-
-
-def _shown(url: httpx.URL) -> str:
-    """``url`` as errors show it: without credentials, query or fragment."""
-    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

@@ -20,10 +20,10 @@ import logging
 from types import TracebackType
 from typing import Self
 
-from outbox.exceptions import DatabaseError, DatabaseUnavailable
+from outbox.exceptions import DatabaseError
 from outbox.fanout import Batch, FanOut
 from outbox.records import Claim, ClaimedRow, Settlement
-from outbox.store import Connection, Connector, Store, reconnect_delay, transaction
+from outbox.store import Connection, Connector, Store, describe, reconnect_delay, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ class ClaimStrategy(abc.ABC):
     def __init__(self, context: ClaimContext, conn: Connection) -> None:
         self.context = context
         self.conn = conn
+
+    @classmethod
+    async def prepare(cls, context: ClaimContext, conn: Connection) -> None:
+        """Set up a worker's new connection for this claim mode (nothing, by default)."""
+        return None
 
     async def __aenter__(self) -> Self:
         return self
@@ -112,11 +117,12 @@ class LeaseStrategy(ClaimStrategy):
         settled = self.context.fanout.settlements(batch)
         try:
             kept = await self.context.store.settle(self.conn, settled)
-        except DatabaseUnavailable:
+        except DatabaseError:
             if not may_reconnect:
                 raise
             # The deliveries happened: write them back on a new connection rather than let
-            # the leases expire and the events go out again.
+            # the leases expire and the events go out again (after a lost connection, a
+            # statement timeout, a terminated session alike).
             kept = await self._settle_on_new_connection(settled)
         return Settled(settled, kept)
 
@@ -128,10 +134,14 @@ class LeaseStrategy(ClaimStrategy):
             try:
                 async with self.context.connector.connection() as conn:
                     return await self.context.store.settle(conn, settled)
-            except DatabaseUnavailable as error:
+            except DatabaseError as error:
                 if attempt == _SETTLE_RETRIES:
                     raise
-                logger.warning("settle failed (%s); retrying on a new connection", error)
+                logger.warning(
+                    "settle failed (%s); retrying on a new connection",
+                    describe(error),
+                    extra={"relay": self.context.connector.relay},
+                )
         raise AssertionError("unreachable")
 
     async def _release(self, rows: list[ClaimedRow]) -> None:
@@ -150,6 +160,10 @@ class LockStrategy(ClaimStrategy):
         super().__init__(context, conn)
         self._transaction = transaction(conn)
         self._claimed = 0
+
+    @classmethod
+    async def prepare(cls, context: ClaimContext, conn: Connection) -> None:
+        await context.store.prepare_lock_session(conn, lease_seconds=context.lease_seconds)
 
     async def __aenter__(self) -> Self:
         await self._transaction.__aenter__()
@@ -188,13 +202,13 @@ class LockStrategy(ClaimStrategy):
         relay = self.context.connector.relay
         if isinstance(error, asyncio.CancelledError):
             logger.info("rolled back %d events in flight", self._claimed, extra={"relay": relay})
-        elif isinstance(error, DatabaseUnavailable):
+        elif isinstance(error, DatabaseError):
             # Not settled on a new connection, unlike lease mode: the locks went with this
-            # one, and another relay may hold the rows by now.
+            # one (or the transaction failed), and another relay may hold the rows by now.
+            # The error itself is the relay loop's to log, once.
             logger.warning(
-                "connection lost before a batch of %d events committed (%s): "
+                "a batch of %d events did not commit: "
                 "they are pending again and will be delivered again",
                 self._claimed,
-                error,
                 extra={"relay": relay},
             )

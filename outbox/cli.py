@@ -78,6 +78,10 @@ def migrate_command(database_url: str | None, schema: str, print_sql: bool) -> N
         click.echo("up to date")
 
 
+DRAIN_INCOMPLETE = 3
+"""``outbox relay --drain``: events it handled failed, or wait for a retry."""
+
+
 @main.command("relay")
 @with_settings
 @click.option("--once", is_flag=True, help="Process one batch, then exit.")
@@ -112,15 +116,24 @@ def relay_command(
     log_format: str,
     metrics_port: int | None,
 ) -> None:
-    """Deliver events to their sinks until stopped (SIGTERM/SIGINT: graceful)."""
+    """Deliver events to their sinks until stopped (SIGTERM/SIGINT: graceful).
+
+    Exit codes: 0 stopped or drained, 1 the database could not be used (with --drain or
+    --once: for relay.give_up_after seconds), 2 configuration error, 3 --drain handled
+    events that failed or wait for a retry."""
     configure_logging(log_level, log_format)
     observer = None if metrics_port is None else _prometheus_observer()
     relay = runtime.build_relay(settings, poll_only=poll_only, observer=observer)
     running = runtime.run_until_signalled(relay, once=once, drain=drain, metrics_port=metrics_port)
     try:
-        asyncio.run(running)
+        stats = asyncio.run(running)
     except asyncio.CancelledError:  # a second signal: stopped without finishing the batches
         raise click.exceptions.Exit(1) from None
+    if drain:
+        waiting = len(stats.waiting)
+        click.echo(f"delivered {stats.done}, retrying {waiting}, failed {stats.failed}")
+        if waiting or stats.failed:
+            raise click.exceptions.Exit(DRAIN_INCOMPLETE)
 
 
 def _prometheus_observer() -> RelayObserver:

@@ -3,8 +3,8 @@
 One connection LISTENs on the channel :func:`outbox.publish` notifies, and every
 notification sets the workers' wake-up event. Each time it (re)connects it wakes them
 anyway, to catch up on what was published while it was not listening. A silent network
-failure shows up in the round trip it makes between waits; a lost connection is opened
-again, with backoff.
+failure shows up in the round trip it makes between waits; a lost connection, or any error
+the server sends, has it open a new one, with backoff.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from outbox.exceptions import DatabaseUnavailable
-from outbox.store import Connection, Connector, Store, close_quietly, reconnect_delay
+from outbox.exceptions import DatabaseError
+from outbox.store import Connection, Connector, Store, close_quietly, describe, reconnect_delay
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,13 @@ class Listener:
                 logger.info("listening on channel %s", self._channel)
                 self._wake.set()  # catch up on what was published while not listening
                 await self._forward_notifications(conn)
-            except DatabaseUnavailable as error:
+            except DatabaseError as error:  # lost, or any error the server sent: reconnect
                 failures += 1
-                logger.warning("listener connection lost: %s", error)
+                logger.warning(
+                    "listener failed (%s); reconnecting",
+                    describe(error),
+                    extra={"relay": self._connector.relay},
+                )
             finally:
                 self.listening = False
                 await close_quietly(conn)

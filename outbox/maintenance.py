@@ -3,8 +3,13 @@
 Each round, on a connection of its own: reload which sinks are disabled, make rows whose
 lease expired claimable again (their relay died or stalled), delete ``done`` rows older
 than the retention a bounded batch at a time, and, if the observer wants it, sample the
-backlog. A round that reaches the database is what the relay's readiness reports; a lost
-connection is opened again at the next round.
+backlog. A round that reaches the database is what the relay's readiness reports.
+
+No error the server sends ends this task: a step that fails (a data error in retention, a
+statement timeout in recovery) is logged with its name and the next steps still run, so
+one failing duty never stops the others; after a failed round the connection is opened
+again and the next round waits at least the interval, longer (with backoff) while the
+failures last.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from outbox.exceptions import DatabaseUnavailable
+from outbox.exceptions import DatabaseError, DatabaseUnavailable
 from outbox.observer import RelayObserver
-from outbox.store import Connection, Connector, Store, close_quietly
+from outbox.store import Connection, Connector, Reconnects, Store, close_quietly, describe
 
 logger = logging.getLogger(__name__)
 
@@ -57,29 +62,63 @@ class Maintenance:
 
     async def run(self) -> None:
         conn: Connection | None = None
+        reconnects = Reconnects()
         try:
             while not self._stopping.is_set():
+                wait = self._interval
                 try:
                     if conn is None or conn.closed:
                         conn = await self._connector.connect()
                     await self._round(conn)
-                    self.database_seen = time.monotonic()
-                except DatabaseUnavailable as error:
+                    reconnects.succeeded()
+                except DatabaseError as error:
                     await close_quietly(conn)
                     conn = None
-                    logger.warning("maintenance connection lost: %s", error)
+                    wait = max(wait, reconnects.failed(error))
+                    if isinstance(error, DatabaseUnavailable):
+                        self._log("connection", error)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._interval):
+                    async with asyncio.timeout(wait):
                         await self._stopping.wait()
         finally:  # the relay cancels this task: close on the way out
             await close_quietly(conn)
 
     async def _round(self, conn: Connection) -> None:
-        self._disabled_sinks(await self._store.disabled_sinks(conn))
-        await self._recover(conn)
-        await self._purge(conn)
+        """Every step, each on its own: a step's server error is logged and the next step
+        runs; a lost connection ends the round. Raises the first error once all have run."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("disabled sinks", lambda: self._load_disabled(conn)),
+            ("lease recovery", lambda: self._recover(conn)),
+            ("retention", lambda: self._purge(conn)),
+        ]
         if self._observer.wants_backlog:
-            self._observer.backlog(*await self._store.backlog(conn))
+            steps.append(("backlog", lambda: self._sample_backlog(conn)))
+        first: DatabaseError | None = None
+        for name, step in steps:
+            try:
+                await step()
+            except DatabaseUnavailable:
+                raise
+            except DatabaseError as error:
+                self._log(name, error)
+                first = first or error
+        self.database_seen = time.monotonic()  # it answered, if only with errors
+        if first is not None:
+            raise first
+
+    def _log(self, step: str, error: DatabaseError) -> None:
+        logger.warning(
+            "maintenance step %s failed: %s",
+            step,
+            describe(error),
+            extra={"relay": self._connector.relay, "step": step},
+        )
+
+    async def _load_disabled(self, conn: Connection) -> None:
+        self._disabled_sinks(await self._store.disabled_sinks(conn))
+
+    async def _sample_backlog(self, conn: Connection) -> None:
+        self._observer.backlog(*await self._store.backlog(conn))
 
     async def _recover(self, conn: Connection) -> None:
         recovered = await self._store.recover_expired(conn, max_attempts=self._max_attempts)

@@ -19,6 +19,19 @@ class RelayStats:
     failed: int = 0
     deliveries: int = 0
     leases_lost: int = 0
+    waiting: set[int] = dataclasses.field(default_factory=set, repr=False)
+    """Events this relay settled for a retry and has not settled since: kept only while
+    ``track_waiting`` (a draining relay's summary), since another relay may finish them."""
+    track_waiting: bool = dataclasses.field(default=False, repr=False)
+
+    def settled(self, event_id: int, status: str) -> None:
+        """Note where an event this relay settled ended (``pending``: waiting for a retry)."""
+        if not self.track_waiting:
+            return
+        if status == "pending":
+            self.waiting.add(event_id)
+        else:
+            self.waiting.discard(event_id)
 
 
 class RelayObserver:

@@ -7,6 +7,9 @@
     # dsn = { env = "AUDIT_DATABASE_URL" }   # another database; omit for the outbox's own
     create_table = true
 
+System schemas (``pg_*``, ``information_schema``) and the outbox's own table names
+(``outbox_events``, ``outbox_sinks``, ``outbox_migrations``, in any schema) are refused.
+
 The table has one row per event, keyed by ``event_id``, so a repeated delivery changes
 nothing. Without ``dsn`` the insert runs inside the transaction that marks the event
 ``done``: the row appears exactly once, even if the relay dies between the two.
@@ -31,6 +34,9 @@ from outbox.hookspecs import RegisterSink, hookimpl
 from outbox.secrets import Secret
 from outbox.sinks import Event, Sink, timed_out
 
+# The outbox's own tables (outbox/schema.py): a sink writing into them would corrupt the bus.
+_OUTBOX_TABLES = frozenset({"outbox_events", "outbox_sinks", "outbox_migrations"})
+
 
 class PostgresOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,6 +50,24 @@ class PostgresOptions(BaseModel):
     @classmethod
     def _identifier(cls, value: str) -> str:
         return validate_identifier(value, "identifier")
+
+    @field_validator("db_schema")
+    @classmethod
+    def _not_a_system_schema(cls, value: str) -> str:
+        lowered = value.lower()
+        if lowered.startswith("pg_") or lowered == "information_schema":
+            raise ValueError(f"{value!r} is a system schema; choose a schema of your own")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _not_an_outbox_table(cls, value: str) -> str:
+        # The options do not know the outbox's schema: refuse these names in every schema.
+        if value.lower() in _OUTBOX_TABLES:
+            raise ValueError(
+                f"{value!r} is the name of the outbox's own table; choose another table"
+            )
+        return value
 
 
 class PostgresSink(Sink):

@@ -3,7 +3,8 @@
 Any number of relays may run against one table; they share work through
 ``FOR UPDATE SKIP LOCKED`` and need nothing else. A relay wakes on NOTIFY (with a poll
 interval as the fallback, or polls only), recovers rows whose lease expired, deletes old
-``done`` rows, and rides out database restarts by reconnecting with backoff.
+``done`` rows, and rides out database restarts, and any error the server sends, by
+reconnecting with backoff (``--drain`` and ``--once`` give up after ``give_up_after``).
 
 This module is the loop. Its parts have modules of their own: the two claim modes
 (``outbox.claims``), routing and delivering a batch (``outbox.fanout``), waking on NOTIFY
@@ -26,7 +27,7 @@ from typing import Literal
 
 from outbox._urls import libpq_url
 from outbox.claims import ClaimContext, ClaimStrategy, LeaseStrategy, LockStrategy, Settled
-from outbox.exceptions import DatabaseUnavailable
+from outbox.exceptions import DatabaseError, DatabaseUnavailable
 from outbox.fanout import FanOut
 from outbox.listener import Listener
 from outbox.maintenance import Maintenance
@@ -35,7 +36,7 @@ from outbox.records import Claim, ClaimedRow, Settlement
 from outbox.retry import FAILED, RETRYING, Outcome, RetryPolicy
 from outbox.routing import Router, Subscription
 from outbox.sinks import Sink
-from outbox.store import Connection, Connector, Store, close_quietly, reconnect_delay
+from outbox.store import Connection, Connector, Reconnects, Store, close_quietly, describe
 
 __all__ = [
     "CLAIM_MODES",
@@ -80,6 +81,10 @@ class RelayOptions:
     """``"lease"``: a claim marks rows ``processing`` under a lease and commits; the settle
     is a second write. ``"lock"``: a batch is one transaction, its row locks the lease, one
     write per event; for sinks that answer in milliseconds (docs/decisions/0007)."""
+    give_up_after: float
+    """With ``drain`` or ``once``: seconds without a batch going through (the database
+    unreachable, or failing every statement) before :meth:`Relay.run` raises
+    :class:`DatabaseUnavailable`. A relay run for ever keeps trying for ever."""
 
 
 def default_relay_name() -> str:
@@ -143,6 +148,7 @@ class Relay:
             stopping=self._stopping,
         )
         self._recheck = _FIRST_RECHECK
+        self._gave_up: DatabaseUnavailable | None = None
 
     @property
     def listening(self) -> bool:
@@ -168,7 +174,9 @@ class Relay:
 
     async def run(self, *, once: bool = False, drain: bool = False) -> RelayStats:
         """Run until :meth:`stop`; with ``drain`` until nothing is due, with ``once`` for one
-        batch. Returns the counters."""
+        batch. Returns the counters. With ``drain`` or ``once``, raises
+        :class:`DatabaseUnavailable` after ``give_up_after`` seconds without progress."""
+        self.stats.track_waiting = drain or once
         logger.info("relay %s starting", self.name, extra={"relay": self.name})
         await self._load_disabled_sinks()
         background = []
@@ -188,47 +196,53 @@ class Relay:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._fanout.aclose()
+        if self._gave_up is not None:
+            raise self._gave_up
         logger.info("relay %s stopped: %s", self.name, self.stats, extra={"relay": self.name})
         return self.stats
 
     async def _load_disabled_sinks(self) -> None:
         # Before the first claim, so that not even one batch goes to a disabled sink; if the
-        # database is down now, the maintenance round loads them once it is back. Missing
+        # database is down or failing now, the maintenance round loads them once it is back. Missing
         # tables raise MigrationError from here.
         try:
             async with self._connector.connection() as conn:
                 self._fanout.set_disabled(await self._store.disabled_sinks(conn))
-        except DatabaseUnavailable:
+        except DatabaseError:
             pass
 
     # -- the loop ------------------------------------------------------------------------
 
     async def _work(self, *, once: bool, drain: bool) -> None:
         conn: Connection | None = None
-        failures = 0
+        reconnects = Reconnects(self.options.give_up_after if once or drain else None)
+        step = "connect"
         try:
             while not self._stopping.is_set():
                 try:
                     if conn is None or conn.closed:
+                        step = "connect"
                         conn = await self._connector.connect()
+                        await self._strategy.prepare(self._claims, conn)
                     # Cleared before the claim, not before the wait: a NOTIFY that lands
                     # after this claim's snapshot must still cut the next wait short.
                     self._wake.clear()
+                    step = "batch"
                     claimed = await self._run_batch(conn)
-                    failures = 0
+                    reconnects.succeeded()
                     if once:
                         return
                     if claimed:
                         self._recheck = _FIRST_RECHECK
                         continue
+                    step = "wait"
                     if drain and not await self._store.has_outstanding(conn):
                         return
                     await self._idle(conn)
-                except DatabaseUnavailable as error:
-                    failures += 1
+                except DatabaseError as error:  # whatever the server sent: reconnect
                     await close_quietly(conn)
                     conn = None
-                    await self._sleep_before_reconnect(failures, error)
+                    await self._sleep_before_reconnect(reconnects, step, error)
         finally:
             await close_quietly(conn)
 
@@ -263,6 +277,7 @@ class Relay:
                 _log_event(logging.WARNING, "lease lost, result discarded", row, relay=self.name)
                 continue
             self.observer.settled(settlement.status)
+            self.stats.settled(row.id, settlement.status)
             _count_and_log(self.stats, row, settlement, outcomes[row.id])
 
     # -- waiting -------------------------------------------------------------------------
@@ -284,9 +299,22 @@ class Relay:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
-    async def _sleep_before_reconnect(self, failures: int, error: Exception) -> None:
-        delay = reconnect_delay(failures)
-        logger.warning("database connection lost (%s); reconnecting in %.1fs", error, delay)
+    async def _sleep_before_reconnect(
+        self, reconnects: Reconnects, step: str, error: DatabaseError
+    ) -> None:
+        try:
+            delay = reconnects.failed(error)
+        except DatabaseUnavailable as gave_up:  # only with drain or once
+            self._gave_up = self._gave_up or gave_up
+            self.stop()
+            return
+        logger.warning(
+            "%s failed (%s); reconnecting in %.1fs",
+            step,
+            describe(error),
+            delay,
+            extra={"relay": self.name, "step": step},
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._stopping.wait()

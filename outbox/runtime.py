@@ -18,7 +18,7 @@ from typing import Any
 
 from outbox import plugins
 from outbox.exceptions import MissingSetting
-from outbox.relay import Relay, RelayObserver, RelayOptions
+from outbox.relay import Relay, RelayObserver, RelayOptions, RelayStats
 from outbox.routing import Subscription
 from outbox.settings import Settings
 from outbox.sinks import Sink
@@ -81,6 +81,7 @@ def _options_from(settings: Settings) -> RelayOptions:
         maintenance_interval=relay.maintenance_interval,
         name="",  # no name configured: the relay names itself after its host and process
         claim_mode=relay.claim_mode,
+        give_up_after=relay.give_up_after,
     )
 
 
@@ -108,10 +109,11 @@ def build_relay(
 
 async def run_until_signalled(
     relay: Relay, *, once: bool = False, drain: bool = False, metrics_port: int | None = None
-) -> None:
+) -> RelayStats:
     """Run ``relay`` as a process does: the first SIGTERM/SIGINT stops it gracefully, a
     second cancels this task. With ``metrics_port``, serve the relay's metrics and health
-    (its observer is a :class:`~outbox.metrics.PrometheusObserver`) while it runs."""
+    (its observer is a :class:`~outbox.metrics.PrometheusObserver`) while it runs. Returns
+    the relay's counters."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals_seen = 0
@@ -134,7 +136,7 @@ async def run_until_signalled(
         assert isinstance(relay.observer, PrometheusObserver)
         server = await serve(relay, relay.observer, metrics_port)
     try:
-        await relay.run(once=once, drain=drain)
+        return await relay.run(once=once, drain=drain)
     finally:
         if server is not None:
             server.close()

@@ -36,29 +36,36 @@ from outbox.secrets import Secret
 
 DEFAULT_CONFIG_FILE = Path("config/outbox.toml")
 SINK_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 class RelaySettings(BaseModel):
     """``[relay]``: how relays claim, deliver, retry and clean up."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Every number is finite and within a range documented beside its key in
+    # config/outbox.toml: an infinite lease or a nanosecond poll breaks the relay, not the file.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batch_size: int = Field(100, ge=1, le=10_000)
     concurrency: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(10, ge=1, le=1000)
-    lease_seconds: float = Field(60.0, gt=0)
-    delivery_timeout: float = Field(30.0, gt=0)
-    poll_interval: float = Field(1.0, gt=0)
+    lease_seconds: float = Field(180.0, ge=1, le=DAY)
+    # Above a default webhook batch: ceil(batch_size / concurrency) rounds of its timeout,
+    # 7 * 15 s (the rule in outbox/webhook_sink.py; a unit test checks it).
+    delivery_timeout: float = Field(120.0, ge=0.1, le=DAY)
+    poll_interval: float = Field(1.0, ge=0.01, le=HOUR)
     listen: bool = True
     channel: str = "outbox"
-    backoff_base: float = Field(1.0, gt=0)
-    backoff_cap: float = Field(3600.0, gt=0)
+    backoff_base: float = Field(1.0, ge=0.001, le=HOUR)
+    backoff_cap: float = Field(3600.0, ge=0.001, le=7 * DAY)
     backoff_jitter: float = Field(0.25, ge=0, lt=1)
     errors_kept: int = Field(10, ge=1, le=1000)
-    retention_seconds: float = Field(7 * 24 * 3600.0, ge=0)
-    retention_batch: int = Field(1000, ge=1)
-    maintenance_interval: float = Field(5.0, gt=0)
+    retention_seconds: float = Field(7 * DAY, ge=0, le=10 * 365 * DAY)
+    retention_batch: int = Field(1000, ge=1, le=100_000)
+    maintenance_interval: float = Field(5.0, ge=0.05, le=HOUR)
     claim_mode: Literal["lease", "lock"] = "lease"
+    give_up_after: float = Field(30.0, ge=0.1, le=86_400.0)  # --drain/--once only
 
     @field_validator("channel")
     @classmethod

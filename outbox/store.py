@@ -8,7 +8,12 @@ schedule arithmetic uses the database clock.
 A driver error raised here leaves as the library's own (the driver's error is the
 ``__cause__``): a connection lost or refused (``psycopg.OperationalError``) as
 :class:`~outbox.exceptions.DatabaseUnavailable`, anything else as
-:class:`~outbox.exceptions.DatabaseError`.
+:class:`~outbox.exceptions.DatabaseError`. The relay's loops treat both alike: whatever the
+server sends (a timeout, a cancel, a terminated session, a serialization failure, a data
+error), they log it once with :func:`describe`, close the connection, and try again after
+:class:`Reconnects` says how long. Reopening is not needed after every class, but it is
+always safe, and it is the only safe choice after an error inside a transaction or a
+terminated session; the wait dominates its cost.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -37,6 +44,7 @@ RELAY_APPLICATION_PREFIX = "outbox relay "
 
 _RECONNECT_FIRST = 0.1
 _RECONNECT_CAP = 10.0
+_MAX_TIMEOUT_MS = 2**31 - 1  # the largest value a Postgres timeout setting takes
 
 
 def relay_application_name(relay: str) -> str:
@@ -121,6 +129,51 @@ async def close_quietly(conn: Connection | None) -> None:
             await conn.close()
 
 
+def describe(error: BaseException) -> str:
+    """``error`` in one line for a log: the driver's class (when there is one) and the first
+    line of its message."""
+    cause = error.__cause__ if isinstance(error.__cause__, psycopg.Error) else error
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(cause).__name__}: {lines[0]}"
+
+
+class Reconnects:
+    """One loop's failures in a row: how long to wait before the next try and, given
+    ``give_up_after``, when to stop trying (counted from the last success, or from the
+    start)."""
+
+    def __init__(self, give_up_after: float | None = None) -> None:
+        self.failures = 0
+        self._give_up_after = give_up_after
+        self._success = time.monotonic()
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._success = time.monotonic()
+
+    def failed(self, error: DatabaseError) -> float:
+        """Seconds to wait after ``error``; a :class:`DatabaseUnavailable` saying why once
+        ``give_up_after`` has passed since the last success."""
+        self.failures += 1
+        delay = reconnect_delay(self.failures)
+        if self._give_up_after is None:
+            return delay
+        left = self._give_up_after - (time.monotonic() - self._success)
+        if left <= 0:
+            raise DatabaseUnavailable(_gave_up(self._give_up_after, error)) from error
+        return min(delay, left)
+
+
+def _gave_up(seconds: float, error: DatabaseError) -> str:
+    what = (
+        "cannot reach the database"
+        if isinstance(error, DatabaseUnavailable)
+        else ("the database keeps failing")
+    )
+    first = str(error).strip().splitlines() or [type(error).__name__]
+    return f"{what} for {seconds:g}s: {first[0]}"
+
+
 def reconnect_delay(failures: int) -> float:
     """Seconds to wait before connecting again after ``failures`` failures in a row:
     exponential from 0.1s, capped at 10s, with jitter."""
@@ -174,6 +227,7 @@ class Store:
         self._disable_sink = statements["disable_sink"]
         self._enable_sink = statements["enable_sink"]
         self._ping = statements["listener_ping"]
+        self._lock_session = statements["lock_session"]
         self._missing_tables = _DriverErrors(schema)
 
     async def claim(
@@ -289,6 +343,14 @@ class Store:
         with _DRIVER_ERRORS:
             async for _ in conn.notifies(timeout=seconds):
                 yield None
+
+    async def prepare_lock_session(self, conn: Connection, *, lease_seconds: float) -> None:
+        """Set what a lock-mode worker's session needs: its batch transaction idles while
+        sinks run, so a server-wide ``idle_in_transaction_session_timeout`` must not end it.
+        Twice the lease, not off: a relay stuck holding row locks is still cut loose."""
+        timeout_ms = min(math.ceil(lease_seconds * 2000), _MAX_TIMEOUT_MS)
+        with _DRIVER_ERRORS:
+            await conn.execute(self._lock_session, {"timeout_ms": str(timeout_ms)})
 
     async def ping(self, conn: Connection) -> None:
         """A round trip on ``conn``: a silent network failure shows up here."""

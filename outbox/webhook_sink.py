@@ -2,7 +2,7 @@
 
     [sinks.billing]
     type = "webhook"
-    url = "https://billing.example.com/hooks/outbox"
+    url = "https://billing.example.com/hooks/outbox"   # or { env = "BILLING_WEBHOOK_URL" }
     secret = { env = "BILLING_WEBHOOK_SECRET" }    # or a list of them while rotating
     # headers = { "x-tenant" = "acme" }
     # timeout = 15.0               # seconds for the whole delivery, body included
@@ -11,6 +11,7 @@
     # concurrency = 16             # requests in flight at once
     # allowed_networks = []        # e.g. ["10.20.0.0/16"] for an internal receiver
     # verify_tls = true
+    # url_is_secret = true         # errors and logs show https://billing.example.com/… only
 
 The request body is JSON, in the shape Standard Webhooks recommends, with the event id
 and key added at the top level::
@@ -43,10 +44,14 @@ address, before any connection is attempted), also when an IPv6 address maps or 
 one (``::ffff:127.0.0.1``, 6to4, Teredo), unless ``allowed_networks`` lists them. TLS
 certificates are verified against the URL's host name, never the address.
 
-``user:password@`` in the URL is sent as HTTP basic authentication; errors show the URL
-without credentials or query. At most ``concurrency`` requests are in flight; the others of
-a batch wait their turn, so the relay's ``delivery_timeout`` (which bounds a whole batch)
-should exceed about ``batch_size / concurrency * timeout``.
+``user:password@`` in the URL is sent as HTTP basic authentication. Errors (and so
+``last_error``, ``outbox status``, ``outbox events show`` and the relay's log lines) and
+``repr`` show the URL as ``scheme://host[:port]/…``: never credentials, query or path, since
+receivers such as Slack put a token in the path; ``url_is_secret = false`` shows the path.
+
+At most ``concurrency`` requests are in flight; the others of a batch wait their turn, so
+the relay's ``delivery_timeout`` (which bounds a whole batch) should exceed about
+``batch_size / concurrency * timeout``.
 """
 
 from __future__ import annotations
@@ -79,8 +84,10 @@ from outbox._webhook_rules import (
     envelope,
     parse_retry_after,
     secret_key,
+    shown_url,
     sign,
     trace_headers,
+    url_problem,
 )
 from outbox._webhook_transport import WebhookTransport, connect_address, refusal
 from outbox.exceptions import PermanentError
@@ -146,7 +153,15 @@ class WebhookOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # secrets
 
-    url: str = Field(description="Where events are POSTed; http:// or https:// only.")
+    url: Secret = Field(
+        description='Where events are POSTed; http:// or https:// only. { env = "NAME" }, '
+        '{ file = "path" } or the URL itself.'
+    )
+    url_is_secret: bool = Field(
+        True,
+        description="Errors and logs show only scheme://host[:port]/… of the URL (its path "
+        "may hold a token); false shows the path too.",
+    )
     secret: Annotated[list[WebhookSecret], BeforeValidator(_one_or_many)] = Field(
         min_length=1,
         max_length=8,
@@ -177,15 +192,10 @@ class WebhookOptions(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL as error:
-            raise ValueError(f"not a valid URL: {error}") from None
-        if url.scheme not in ("http", "https"):
-            raise ValueError(f"the URL must be http:// or https://, not {url.scheme or 'none'}")
-        if not url.host:
-            raise ValueError("the URL has no host")
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        problem = url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -212,9 +222,9 @@ class WebhookSink(Sink):
         super().__init__()
         self.options = options
         self.concurrency = options.concurrency
-        url = httpx.URL(options.url)
+        url = httpx.URL(options.url.get_secret_value())
         self._url = url.copy_with(username=None, password=None, fragment=None)
-        self._shown_url = str(self._url.copy_with(query=None))
+        self._shown_url = shown_url(url, secret=options.url_is_secret)
         self._keys = [secret_key(secret.get_secret_value()) for secret in options.secret]
         self._headers = {
             "user-agent": f"outbox-relay/{__version__}",
@@ -233,6 +243,7 @@ class WebhookSink(Sink):
             max_response_bytes=options.max_response_bytes,
             allowed_networks=[*options.allowed_networks],
             verify_tls=options.verify_tls,
+            url_is_secret=options.url_is_secret,
             network=transport,
         )
 
@@ -261,6 +272,9 @@ class WebhookSink(Sink):
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+    def __repr__(self) -> str:
+        return f"<WebhookSink {self._shown_url}>"
 
 
 def _basic_auth(url: httpx.URL) -> dict[str, str]:

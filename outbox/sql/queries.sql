@@ -211,6 +211,11 @@ WHERE name = %(name)s AND disabled_at IS NOT NULL
 -- table, no index). {channel} is rendered per call, not per schema.
 LISTEN {channel}
 
+-- name: lock_session
+-- A lock-mode worker's session: its batch transaction stays open while sinks run, so a
+-- server-wide idle_in_transaction_session_timeout is replaced by one above the lease (no index).
+SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, false)
+
 -- name: listener_ping
 -- A round trip on the listening connection: a silent network failure shows up here (no
 -- table).

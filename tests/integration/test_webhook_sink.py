@@ -273,7 +273,9 @@ async def test_status_codes(
         assert result is None
         return
     assert type(result) is expected
-    assert f"HTTP {status} from {receiver.url}: the receiver says why" in str(result)
+    # The path may hold a token: an error shows the origin and hides the path.
+    origin = receiver.url.removesuffix("hook")
+    assert f"HTTP {status} from {origin}…: the receiver says why" in str(result)
     if expected is RetryableError:
         assert isinstance(result, RetryableError)
         assert result.retry_after is None
@@ -329,7 +331,7 @@ async def test_credentials_and_query_stay_out_of_errors(receiver: Receiver) -> N
         result = await outcome(sink)
     assert isinstance(result, PermanentError)
     assert "hunter2" not in str(result)
-    assert receiver.url in str(result)
+    assert receiver.url.removesuffix("hook") + "…" in str(result)
     [request] = receiver.requests
     assert request.path == "/hook?token=hunter2"
     assert request.headers["authorization"] == "Basic " + base64.b64encode(b"user:hunter2").decode()

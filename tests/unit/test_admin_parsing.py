@@ -89,3 +89,20 @@ def test_filters_are_validated() -> None:
         EventFilter(statuses=("lost",))
     with pytest.raises(ValueError, match="needs a sink"):
         EventFilter(sink_status="failed")
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "1000000d", "36526d", "9" * 400 + "s", "5300w"])
+def test_durations_too_large_for_a_clock_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="too large: at most 36525d"):
+        parse_duration(text)
+
+
+def test_the_longest_duration_still_resolves() -> None:
+    longest = parse_duration("36525d")
+    assert resolve_time(longest, NOW) == NOW - dt.timedelta(days=36525)
+
+
+@pytest.mark.parametrize("text", ["1000000d", "99999999999w"])
+def test_times_too_long_ago_are_refused_as_such(text: str) -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse_time(text)

@@ -19,6 +19,7 @@ import outbox
 from outbox._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_KEY_LENGTH,
+    MAX_PAYLOAD_DEPTH,
     MAX_TOPIC_LENGTH,
     prepare_event,
 )
@@ -357,3 +358,39 @@ def test_unicode_is_stored_as_is_not_escaped() -> None:
 def test_unicode_in_key_dedup_key_and_headers_is_accepted() -> None:
     event = prepare_event("a", {}, key="ключ", dedup_key="clé-1", headers={"x-name": "Zoë"})
     assert (event.key, event.dedup_key, event.headers) == ("ключ", "clé-1", {"x-name": "Zoë"})
+
+
+# -- nesting: whatever publish() accepts, the relay can decode -----------------------------------
+
+
+def nested(levels: int, kind: str = "list") -> Any:
+    """``levels`` arrays (or objects) inside each other, the innermost holding 1."""
+    payload: Any = 1
+    for _ in range(levels):
+        payload = [payload] if kind == "list" else {"k": payload}
+    return payload
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_payload_at_the_nesting_limit_is_accepted_and_decodes(kind: str) -> None:
+    event = prepare_event("order.confirmed", nested(MAX_PAYLOAD_DEPTH, kind))
+    # As the relay decodes a claimed batch: every payload inside one more array.
+    assert json.loads("[" + event.payload_json + "]") == [nested(MAX_PAYLOAD_DEPTH, kind)]
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_payload_one_level_past_the_limit_is_refused_naming_the_limit(kind: str) -> None:
+    message = refused(
+        f"nested too deeply: .* at most {MAX_PAYLOAD_DEPTH} levels deep",
+        payload=nested(MAX_PAYLOAD_DEPTH + 1, kind),
+    )
+    assert message.startswith("payload[")  # the path to the level too deep
+
+
+def test_the_nesting_limit_is_reported_with_its_path() -> None:
+    payload = {"a": [nested(MAX_PAYLOAD_DEPTH - 1)]}
+    refused(r"payload\['a'\]\[0\](\[0\])* is nested too deeply", payload=payload)
+
+
+def test_a_list_990_deep_is_refused_at_publish_not_at_claim() -> None:
+    refused(f"at most {MAX_PAYLOAD_DEPTH} levels", payload=nested(990))

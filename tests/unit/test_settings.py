@@ -6,6 +6,7 @@ read) with no ``OUTBOX_*`` variable in the environment.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from outbox.runtime import build_relay
-from outbox.settings import ConfigError, Settings, load_settings
+from outbox.settings import ConfigError, RelaySettings, Settings, load_settings
 
 SECRET_URL = "postgresql://app:hunter2-secret@db.example.com/app"
 
@@ -348,3 +349,83 @@ def test_a_missing_sink_is_reported_beside_other_errors(tmp_path: Path) -> None:
     found = dict(errors_of(write(tmp_path, text)))
     assert found["relay.bogus"] == "unknown key"
     assert "'ghost'" in found["subscriptions"]
+
+
+# -- every numeric setting has a finite, documented range ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lease_seconds", "inf"),
+        ("lease_seconds", "nan"),
+        ("lease_seconds", "0.5"),
+        ("lease_seconds", "86401"),
+        ("delivery_timeout", "0.01"),
+        ("delivery_timeout", "inf"),
+        ("poll_interval", "1e-9"),
+        ("poll_interval", "3601"),
+        ("poll_interval", "inf"),
+        ("backoff_base", "1e15"),
+        ("backoff_base", "0.0001"),
+        ("backoff_cap", "604801"),
+        ("backoff_cap", "inf"),
+        ("backoff_jitter", "nan"),
+        ("retention_seconds", "1e12"),
+        ("retention_seconds", "-1"),
+        ("retention_seconds", "inf"),
+        ("retention_batch", "1_000_000"),
+        ("maintenance_interval", "0.001"),
+        ("maintenance_interval", "3601"),
+        ("maintenance_interval", "inf"),
+    ],
+)
+def test_out_of_range_values_name_their_key(tmp_path: Path, key: str, value: str) -> None:
+    errors = errors_of(write(tmp_path, f"[relay]\n{key} = {value}\n"))
+    assert f"relay.{key}" in [where for where, _ in errors], errors
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lease_seconds", 1.0),
+        ("lease_seconds", 86400.0),
+        ("poll_interval", 0.01),
+        ("poll_interval", 3600.0),
+        ("backoff_base", 0.001),
+        ("backoff_cap", 7 * 24 * 3600.0),
+        ("retention_seconds", 0.0),
+        ("retention_seconds", 10 * 365 * 24 * 3600.0),
+        ("maintenance_interval", 0.05),
+        ("maintenance_interval", 3600.0),
+    ],
+)
+def test_the_ends_of_each_range_are_accepted(tmp_path: Path, key: str, value: float) -> None:
+    extra = "delivery_timeout = 0.5\n" if key == "lease_seconds" and value == 1.0 else ""
+    settings = load_settings(write(tmp_path, f"[relay]\n{key} = {value!r}\n{extra}"))
+    assert getattr(settings.relay, key) == value
+
+
+def test_lease_seconds_inf_from_the_environment_names_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OUTBOX_RELAY__LEASE_SECONDS", "inf")
+    assert "relay.lease_seconds" in [where for where, _ in errors_of()]
+
+
+# -- the default delivery_timeout fits the default batch of webhook requests ----------------------
+
+
+def test_default_delivery_timeout_allows_a_default_webhook_batch() -> None:
+    """The webhook sink's rule (its module docstring): at most ``concurrency`` requests are
+    in flight, each up to ``timeout``, so a whole batch needs ``delivery_timeout`` of about
+    ``batch_size / concurrency * timeout``; counted here in whole rounds of requests."""
+    from outbox import webhook_sink
+    from outbox.webhook_sink import WebhookOptions
+
+    assert "batch_size / concurrency * timeout" in " ".join((webhook_sink.__doc__ or "").split())
+    relay = RelaySettings()
+    webhook = WebhookOptions.model_fields
+    rounds = math.ceil(relay.batch_size / webhook["concurrency"].default)
+    assert relay.delivery_timeout > rounds * webhook["timeout"].default
+    assert relay.delivery_timeout < relay.lease_seconds

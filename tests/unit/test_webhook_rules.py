@@ -11,6 +11,7 @@ import os
 import pytest
 from standardwebhooks import Webhook
 
+from outbox._webhook_rules import redact, shown_url
 from outbox.testing import make_event
 from outbox.webhook_sink import (
     MAX_RETRY_AFTER,
@@ -139,3 +140,27 @@ def test_envelope() -> None:
         "id": str(2**60),
         "key": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "shown"),
+    [
+        ("https://hooks.slack.com/services/T0/B0/xoxb", True, "https://hooks.slack.com/…"),
+        ("https://u:p@h.example:8443/a/b?token=t#f", True, "https://h.example:8443/…"),
+        ("https://h.example/", True, "https://h.example/"),
+        ("https://h.example", True, "https://h.example"),
+        ("http://[::1]:8080/x", True, "http://[::1]:8080/…"),
+        ("https://u:p@h.example:8443/a/b?token=t#f", False, "https://h.example:8443/a/b"),
+    ],
+)
+def test_shown_url(url: str, secret: bool, shown: str) -> None:
+    assert shown_url(url, secret=secret) == shown
+
+
+def test_redact_replaces_every_spelling_of_the_url() -> None:
+    url = "https://u:p@h.example/services/T0/xoxb?q=1"
+    text = f"failed: {url} (path /services/T0/xoxb, raw https://h.example/services/T0/xoxb)"
+    redacted = redact(text, url, secret=True)
+    assert "xoxb" not in redacted
+    assert ":p@" not in redacted
+    assert "https://h.example/…" in redacted
