@@ -115,6 +115,25 @@ def _print_relays(report: admin.Status) -> None:
             else f", oldest transaction open {ago(connected.oldest_transaction)}"
         )
         click.echo(f"  {connected.relay}: {connected.connections} connection(s){transaction}")
+    _print_fence_holder(report.fence_holder)
+
+
+def _print_fence_holder(holder: admin.FenceHolder | None) -> None:
+    # Keyed events wait for every older transaction of their database (decisions 2 and 9).
+    if holder is None:
+        click.echo("oldest transaction in this database: none")
+        return
+    who = "prepared transaction" if holder.prepared else f"pid {holder.pid}"
+    click.echo(
+        f"oldest transaction in this database: {who}, database {holder.database or '?'}, "
+        f"user {holder.user or '?'}, open {ago(holder.age)}, {holder.state or '?'}; "
+        f"holds back {holder.held_back} due keyed event(s)"
+    )
+    if holder.prepared:
+        click.echo(f"  gid: {holder.query}")
+    elif holder.query is not None:
+        started = "" if holder.query_start is None else f" (started {when(holder.query_start)})"
+        click.echo(f"  query{started}: {' '.join(holder.query.split())}")
 
 
 # -- outbox events ------------------------------------------------------------------------------

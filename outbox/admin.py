@@ -118,6 +118,30 @@ class ConnectedRelay:
 
 
 @dataclasses.dataclass(frozen=True)
+class FenceHolder:
+    """The oldest transaction in the outbox's database: keyed events inserted after it
+    began wait for it to end (decisions 2 and 9)."""
+
+    pid: int | None
+    """None for a prepared transaction (``COMMIT PREPARED`` or ``ROLLBACK PREPARED`` it)."""
+    database: str | None
+    user: str | None
+    state: str | None
+    """``active``, ``idle in transaction``, ... or ``prepared``; None if not visible to
+    this role (pg_read_all_stats shows it)."""
+    prepared: bool
+    since: dt.datetime | None
+    """When it began (prepared: when it was prepared)."""
+    query_start: dt.datetime | None
+    query: str | None
+    """The start of its last query (prepared: its global id)."""
+    age: float
+    """Seconds since it began."""
+    held_back: int
+    """Due keyed events of this outbox waiting for it."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Status:
     now: dt.datetime
     topics: dict[str, dict[str, int]]
@@ -131,6 +155,8 @@ class Status:
     disabled_sinks: list[DisabledSink]
     relays: list[RelayLeases]
     connected: list[ConnectedRelay]
+    fence_holder: FenceHolder | None
+    """None when no transaction of this database holds a transaction id."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +226,7 @@ async def database_now(conn: Connection) -> dt.datetime:
 
 async def status(conn: Connection, schema: str) -> Status:
     """The whole picture: counts, lag, parked keys, failing and disabled sinks, relays
-    holding leases and relays connected."""
+    holding leases and relays connected, and the transaction keyed events wait for."""
     now = await database_now(conn)
     topics, totals = await _counts(conn, schema)
     parked_total, parked = await _parked(conn, schema)
@@ -215,7 +241,14 @@ async def status(conn: Connection, schema: str) -> Status:
         disabled_sinks=await disabled_sinks(conn, schema),
         relays=[RelayLeases(*r) for r in await _fetch(conn, schema, "relay_leases")],
         connected=await _connected(conn, schema),
+        fence_holder=await fence_holder(conn, schema),
     )
+
+
+async def fence_holder(conn: Connection, schema: str) -> FenceHolder | None:
+    """The oldest transaction of this database, which keyed events wait for (decision 9)."""
+    found = await _fetch(conn, schema, "fence_holder")
+    return FenceHolder(*found[0]) if found else None
 
 
 async def _connected(conn: Connection, schema: str) -> list[ConnectedRelay]:

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 _SETTLE_RETRIES = 4
 
 
+class CutOff(Exception):
+    """A batch's deliveries were cancelled by :meth:`ClaimContext.cut_off` (the relay is
+    stopping and ``shutdown_timeout`` passed); its rows were handed back."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settled:
     """A batch's settle: what was written for each event, and the ids of the rows that took
@@ -48,6 +53,29 @@ class ClaimContext:
     connector: Connector
     batch_size: int
     lease_seconds: float
+    deliveries: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    """The deliveries in flight, for :meth:`cut_off`."""
+
+    async def deliver(self, batch: Batch) -> None:
+        """Deliver ``batch`` in a task of its own; raise :class:`CutOff` if :meth:`cut_off`
+        cancels it (a cancellation of the caller stays one)."""
+        delivery = asyncio.ensure_future(self.fanout.deliver(batch))
+        self.deliveries.add(delivery)
+        try:
+            await delivery
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise CutOff from None
+        finally:
+            self.deliveries.discard(delivery)
+
+    def cut_off(self) -> None:
+        """Cancel every delivery in flight: each batch is handed back (released in lease
+        mode, rolled back in lock mode), its sinks' late results dropped."""
+        for delivery in self.deliveries:
+            delivery.cancel()
 
 
 class ClaimStrategy(abc.ABC):
@@ -100,8 +128,8 @@ class LeaseStrategy(ClaimStrategy):
 
     async def deliver(self, batch: Batch) -> None:
         try:
-            await self.context.fanout.deliver(batch)
-        except asyncio.CancelledError:
+            await self.context.deliver(batch)
+        except (asyncio.CancelledError, CutOff):
             await asyncio.shield(self._release(batch.claim.rows))
             raise
 
@@ -191,7 +219,7 @@ class LockStrategy(ClaimStrategy):
         return claim
 
     async def deliver(self, batch: Batch) -> None:
-        await self.context.fanout.deliver(batch)
+        await self.context.deliver(batch)
         await self.context.fanout.deliver_in_transaction(self.conn, batch)
 
     async def settle(self, batch: Batch) -> Settled:
@@ -200,7 +228,7 @@ class LockStrategy(ClaimStrategy):
 
     def _not_committed(self, error: BaseException) -> None:
         relay = self.context.connector.relay
-        if isinstance(error, asyncio.CancelledError):
+        if isinstance(error, asyncio.CancelledError | CutOff):
             logger.info("rolled back %d events in flight", self._claimed, extra={"relay": relay})
         elif isinstance(error, DatabaseError):
             # Not settled on a new connection, unlike lease mode: the locks went with this

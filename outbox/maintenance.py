@@ -119,6 +119,7 @@ class Maintenance:
 
     async def _sample_backlog(self, conn: Connection) -> None:
         self._observer.backlog(*await self._store.backlog(conn))
+        self._observer.fence_wait(await self._store.fence_wait(conn))
 
     async def _recover(self, conn: Connection) -> None:
         recovered = await self._store.recover_expired(conn, max_attempts=self._max_attempts)

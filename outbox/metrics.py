@@ -25,6 +25,8 @@ _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 class PrometheusObserver(RelayObserver):
     """Turns the relay's measurements into Prometheus metrics in their own registry."""
 
+    wants_backlog = True
+
     def __init__(self) -> None:
         try:
             import prometheus_client as prom
@@ -72,6 +74,12 @@ class PrometheusObserver(RelayObserver):
         self.pending_events = prom.Gauge(
             "outbox_pending_events", "Events waiting to be delivered.", registry=registry
         )
+        self.oldest_blocking_transaction = prom.Gauge(
+            "outbox_oldest_blocking_transaction_seconds",
+            "Age of the oldest transaction in the database while due keyed events wait for it "
+            "to end (0: none wait); `outbox status` names it.",
+            registry=registry,
+        )
         self.leases_lost_total = prom.Counter(
             "outbox_leases_lost_total",
             "Batches' rows whose lease expired before they were settled.",
@@ -97,6 +105,9 @@ class PrometheusObserver(RelayObserver):
     def backlog(self, pending: int, lag_seconds: float) -> None:
         self.pending_events.set(pending)
         self.lag_seconds.set(lag_seconds)
+
+    def fence_wait(self, seconds: float) -> None:
+        self.oldest_blocking_transaction.set(seconds)
 
     def exposition(self) -> bytes:
         return bytes(self._prom.generate_latest(self.registry))

@@ -54,3 +54,7 @@ class RelayObserver:
 
     def backlog(self, pending: int, lag_seconds: float) -> None:
         """Events pending, and the age of the oldest one due."""
+
+    def fence_wait(self, seconds: float) -> None:
+        """Age of the oldest transaction of the database while due keyed events wait for it
+        (0: none wait); sampled with :meth:`backlog`."""

@@ -26,7 +26,14 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from outbox._urls import libpq_url
-from outbox.claims import ClaimContext, ClaimStrategy, LeaseStrategy, LockStrategy, Settled
+from outbox.claims import (
+    ClaimContext,
+    ClaimStrategy,
+    CutOff,
+    LeaseStrategy,
+    LockStrategy,
+    Settled,
+)
 from outbox.exceptions import DatabaseError, DatabaseUnavailable
 from outbox.fanout import FanOut
 from outbox.listener import Listener
@@ -85,6 +92,10 @@ class RelayOptions:
     """With ``drain`` or ``once``: seconds without a batch going through (the database
     unreachable, or failing every statement) before :meth:`Relay.run` raises
     :class:`DatabaseUnavailable`. A relay run for ever keeps trying for ever."""
+    shutdown_timeout: float
+    """Seconds after :meth:`Relay.stop` that batches in flight have to finish; then their
+    deliveries are cancelled and their rows handed back (lease: released, lock: rolled
+    back), and :meth:`Relay.run` returns."""
 
 
 def default_relay_name() -> str:
@@ -168,7 +179,8 @@ class Relay:
         return problems
 
     def stop(self) -> None:
-        """Stop claiming; batches in flight finish and settle, then :meth:`run` returns."""
+        """Stop claiming; batches in flight finish and settle (or, after
+        ``shutdown_timeout``, are handed back), then :meth:`run` returns."""
         self._stopping.set()
         self._wake.set()
 
@@ -184,6 +196,7 @@ class Relay:
             background.append(asyncio.create_task(self._listener.run(), name="outbox-listen"))
         if not once:
             background.append(asyncio.create_task(self._maintenance.run(), name="outbox-maintain"))
+        background.append(asyncio.create_task(self._cut_off_when_late(), name="outbox-cut-off"))
         workers = 1 if once else self.options.concurrency
         try:
             async with asyncio.TaskGroup() as group:
@@ -239,6 +252,8 @@ class Relay:
                     if drain and not await self._store.has_outstanding(conn):
                         return
                     await self._idle(conn)
+                except CutOff:  # stopping, and shutdown_timeout passed: rows handed back
+                    return
                 except DatabaseError as error:  # whatever the server sent: reconnect
                     await close_quietly(conn)
                     conn = None
@@ -281,6 +296,12 @@ class Relay:
             _count_and_log(self.stats, row, settlement, outcomes[row.id])
 
     # -- waiting -------------------------------------------------------------------------
+
+    async def _cut_off_when_late(self) -> None:
+        await self._stopping.wait()
+        await asyncio.sleep(self.options.shutdown_timeout)
+        logger.warning("shutdown_timeout passed: handing back the batches in flight")
+        self._claims.cut_off()
 
     async def _idle(self, conn: Connection) -> None:
         if self._stopping.is_set():  # stop() came before this round cleared the wake-up

@@ -82,6 +82,7 @@ def _options_from(settings: Settings) -> RelayOptions:
         name="",  # no name configured: the relay names itself after its host and process
         claim_mode=relay.claim_mode,
         give_up_after=relay.give_up_after,
+        shutdown_timeout=relay.shutdown_timeout,
     )
 
 

@@ -66,6 +66,9 @@ class RelaySettings(BaseModel):
     maintenance_interval: float = Field(5.0, ge=0.05, le=HOUR)
     claim_mode: Literal["lease", "lock"] = "lease"
     give_up_after: float = Field(30.0, ge=0.1, le=86_400.0)  # --drain/--once only
+    # After SIGTERM: seconds the batches in flight have to finish before they are handed
+    # back; below Kubernetes' default 30 s grace period.
+    shutdown_timeout: float = Field(20.0, ge=0, le=HOUR)
 
     @field_validator("channel")
     @classmethod

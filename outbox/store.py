@@ -222,6 +222,7 @@ class Store:
         self._purge_done = statements["purge_done_events"]
         self._next_due = statements["next_due"]
         self._backlog = statements["pending_backlog"]
+        self._fence_holder = statements["fence_holder"]
         self._outstanding = statements["work_outstanding"]
         self._disabled_sinks = statements["disabled_sinks"]
         self._disable_sink = statements["disable_sink"]
@@ -309,6 +310,14 @@ class Store:
             record = await cursor.fetchone()
         assert record is not None
         return int(record[0]), float(record[1])
+
+    async def fence_wait(self, conn: Connection) -> float:
+        """Seconds the oldest transaction of this database has been open, if due keyed events
+        wait for it to end (decision 9); 0 when none wait."""
+        with _DRIVER_ERRORS:
+            cursor = await conn.execute(self._fence_holder)
+            record = await cursor.fetchone()
+        return float(record[-2]) if record is not None and record[-1] else 0.0
 
     async def has_outstanding(self, conn: Connection) -> bool:
         with _DRIVER_ERRORS:

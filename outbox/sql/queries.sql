@@ -29,17 +29,38 @@ WHERE disabled_at IS NOT NULL ORDER BY name
 -- relay (outbox/store.py)
 -- ===========================================================================================
 
+-- fragment: key_fence
+-- The keyed row `e` is past the ordering fence (decisions 2 and 9): its inserting transaction
+-- is older than every transaction still running in THIS database, prepared ones included, so
+-- a lower id that commits later is never overtaken. First the cheap server-wide test; only if
+-- it fails (a transaction older than the row runs somewhere on the server) is the subquery
+-- run, once per statement: the statement snapshot's running xids, less those that
+-- pg_stat_get_activity or pg_prepared_xact place in another database (a transaction there
+-- cannot write this table). An xid found nowhere ended after the snapshot: it stays in the
+-- fence, as does one whose database is not shown (no database, or hidden from this role).
+(e.txid < pg_snapshot_xmin(pg_current_snapshot())
+ OR e.txid < (
+    SELECT COALESCE(min(x), pg_snapshot_xmax(pg_current_snapshot()))
+    FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    WHERE xid(x) NOT IN (
+        SELECT a.backend_xid FROM pg_stat_get_activity(NULL) AS a
+        WHERE a.backend_xid IS NOT NULL
+          AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+        UNION ALL
+        SELECT p.transaction FROM pg_prepared_xact() AS p
+        WHERE p.dbid <> (SELECT oid FROM pg_database WHERE datname = current_database()))))
+
 -- fragment: due_rows
 -- The due rows a claim takes: pending and due, oldest first (outbox_events_pending_idx). A
 -- keyed row is claimable only if no earlier row of its key is unfinished
--- (outbox_events_key_idx) and its inserting transaction is older than every running one, so
--- a lower id that commits later is never overtaken. Rows another relay has locked are skipped.
--- Shared by both claims below, so that the two claim modes take exactly the same rows.
+-- (outbox_events_key_idx) and it is past the key fence above. Rows another relay has locked
+-- are skipped. Shared by both claims below, so that the two claim modes take exactly the same
+-- rows.
 FROM {table} AS e
 WHERE e.status = 'pending'
   AND e.process_at <= now()
   AND (e.key IS NULL OR (
-        e.txid < pg_snapshot_xmin(pg_current_snapshot())
+        {key_fence}
         AND NOT EXISTS (
             SELECT 1 FROM {table} AS earlier
             WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
@@ -327,6 +348,32 @@ WHERE datname = current_database() AND starts_with(application_name, %(prefix)s)
   AND pid <> pg_backend_pid()
 GROUP BY 1
 ORDER BY 1
+
+-- name: fence_holder
+-- What holds keyed events back (key_fence, decision 9): the oldest transaction with a
+-- transaction id in this database (or in none, a rare background process), prepared ones
+-- included, and how many due keyed events of this outbox wait behind the fence. One row, or
+-- none when no such transaction runs. pg_stat_activity shows another role's state and query
+-- only to members of pg_read_all_stats; age(xid) orders by transaction age across wraparound.
+WITH holders AS (
+    SELECT a.pid, a.datname, a.usename, a.state, a.xact_start AS since, a.query_start,
+           left(a.query, 200) AS query, false AS prepared, a.backend_xid AS xid
+    FROM pg_stat_activity AS a
+    WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+      AND (a.datname = current_database() OR a.datid IS NULL)
+    UNION ALL
+    SELECT NULL, p.database, p.owner, 'prepared', p.prepared, NULL, p.gid, true, p.transaction
+    FROM pg_prepared_xacts AS p
+    WHERE p.database = current_database()
+)
+SELECT h.pid, h.datname, h.usename, h.state, h.prepared, h.since, h.query_start, h.query,
+       COALESCE(EXTRACT(EPOCH FROM now() - h.since), 0)::float8,
+       (SELECT count(*) FROM {table} AS e
+        WHERE e.status = 'pending' AND e.process_at <= now() AND e.key IS NOT NULL
+          AND NOT {key_fence})
+FROM holders AS h
+ORDER BY age(h.xid) DESC
+LIMIT 1
 
 -- name: list_events
 -- Events matching the filters, newest first (primary key, scanned backwards).

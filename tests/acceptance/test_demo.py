@@ -6,7 +6,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 TIMEOUT = 180
 
@@ -34,8 +38,18 @@ def _final_table(stdout: str) -> dict[str, tuple[str, int, int, int]]:
     return rows
 
 
-def test_demo_on_a_fresh_embedded_server_delivers_everything(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pgdata"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data directory outside pytest's own temporary tree: a pytest session starting
+    meanwhile resets that tree's permissions to the owner's, and the embedded server runs as
+    another user."""
+    with tempfile.TemporaryDirectory(prefix="outbox-demo-test-") as parent:
+        yield Path(parent) / "pgdata"
+
+
+def test_demo_on_a_fresh_embedded_server_delivers_everything(
+    tmp_path: Path, data_dir: Path
+) -> None:
     first = _demo(tmp_path, "--data-dir", str(data_dir))
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"Starting an embedded PostgreSQL; its data is in {data_dir}" in first.stdout

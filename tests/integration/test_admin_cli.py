@@ -253,6 +253,7 @@ def test_status_json(database_url: str, workdir: Path, busy: dict[str, int]) -> 
         "disabled_sinks",
         "relays",
         "connected",
+        "fence_holder",
     }
     assert report["topics"] == {
         "order.paid": {"pending": 1, "processing": 0, "done": 1, "failed": 1},

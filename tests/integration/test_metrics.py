@@ -119,20 +119,24 @@ def test_metrics_add_up_to_the_events_delivered(
             outbox.publish(conn, "order.paid" if number % 3 else "order.created", {"n": number})
         outbox.publish(conn, "user.signed_up", {"n": -1})  # no subscription: no delivery
 
+    # Deliveries are counted as they end and settles once the batch's settle commits: wait
+    # for both.
     deadline = time.monotonic() + DEADLINE
     delivered: dict[str, float] = {}
+    settled: dict[str, float] = {}
     while time.monotonic() < deadline:
-        delivered = _samples(_get(port, "/metrics")[1], "outbox_events_delivered_total")
-        if sum(delivered.values()) >= 60:
+        text = _get(port, "/metrics")[1]
+        delivered = _samples(text, "outbox_events_delivered_total")
+        settled = _samples(text, "outbox_events_settled_total")
+        if sum(delivered.values()) >= 60 and settled.get('{status="done"}', 0) >= 31:
             break
         time.sleep(0.1)
     assert sum(delivered.values()) == 60  # 30 events x 2 sinks
     assert delivered['{sink="first",topic="order.paid"}'] == 20
     assert delivered['{sink="second",topic="order.created"}'] == 10
+    assert settled['{status="done"}'] == 31
 
     text = _get(port, "/metrics")[1]
-    settled = _samples(text, "outbox_events_settled_total")
-    assert settled['{status="done"}'] == 31
     assert _samples(text, "outbox_delivery_duration_seconds_count") == {
         '{sink="first"}': 30.0,
         '{sink="second"}': 30.0,
