@@ -25,9 +25,8 @@ class RelayStats:
     track_waiting: bool = dataclasses.field(default=False, repr=False)
 
     def settled(self, event_id: int, status: str) -> None:
-        """Note where an event this relay settled ended (``pending``: waiting for a retry)."""
-        if not self.track_waiting:
-            return
+        """Note where an event this relay settled ended (``pending``: waiting for a retry);
+        called only while ``track_waiting``."""
         if status == "pending":
             self.waiting.add(event_id)
         else:

@@ -285,6 +285,7 @@ class Relay:
     def _report(self, settled: Settled, outcomes: dict[int, dict[str, Outcome]]) -> None:
         """Count and log a committed settle."""
         kept = settled.kept
+        track_waiting = self.stats.track_waiting  # a draining relay's summary only
         for row, settlement in settled.rows:
             if row.id not in kept:
                 self.stats.leases_lost += 1
@@ -292,7 +293,8 @@ class Relay:
                 _log_event(logging.WARNING, "lease lost, result discarded", row, relay=self.name)
                 continue
             self.observer.settled(settlement.status)
-            self.stats.settled(row.id, settlement.status)
+            if track_waiting:
+                self.stats.settled(row.id, settlement.status)
             _count_and_log(self.stats, row, settlement, outcomes[row.id])
 
     # -- waiting -------------------------------------------------------------------------
