@@ -167,20 +167,23 @@ def _event_row(event: admin.EventSummary) -> list[str]:
 
 def print_event(event: admin.EventDetail) -> None:
     click.echo(f"event {event.id}")
-    for name in ("topic", "key", "status", "attempts", "dedup_key", "txid", "last_error"):
+    names = ("topic", "key", "status", "attempts", "crashes", "dedup_key", "txid", "last_error")
+    for name in names:
         value = getattr(event, name)
         click.echo(f"  {name:<13} {'-' if value is None else value}")
     for name in ("created_at", "process_at", "done_at", "locked_until"):
         click.echo(f"  {name:<13} {when(getattr(event, name))}")
     click.echo(f"  {'locked_by':<13} {event.locked_by or '-'}")
     click.echo(f"  {'lease_token':<13} {event.lease_token or '-'}")
+    if event.suspect:
+        click.echo(f"  {'suspect':<13} yes: in flight when a relay died, retried alone")
     click.echo("deliveries:")
     for sink, state in event.deliveries.items():
         click.echo(f"  {sink}: {json.dumps(state, sort_keys=True)}")
     click.echo("errors:")
     for error in event.errors:
         click.echo(
-            f"  {error.get('at', '?')} {error.get('sink', '?')} "
+            f"  {error.get('at', '?')} {error.get('sink') or 'relay'} "
             f"attempt {error.get('attempt', '?')}: {error.get('error', '')}"
         )
     click.echo("headers:")

@@ -36,7 +36,7 @@ def render(name: str, **placeholders: sql.Composable) -> bytes:
 
 
 class SchemaStatements:
-    """The registry's statements over one schema's ``outbox_events`` and ``outbox_sinks``."""
+    """The registry's statements over one schema's outbox tables."""
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -44,6 +44,7 @@ class SchemaStatements:
             "table": sql.Identifier(schema, "outbox_events"),
             "sinks": sql.Identifier(schema, "outbox_sinks"),
             "migrations": sql.Identifier(schema, "outbox_migrations"),
+            "claims": sql.Identifier(schema, "outbox_claims"),
             "schema": sql.Identifier(schema),
         }
         self._rendered: dict[str, bytes] = {}

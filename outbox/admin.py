@@ -194,6 +194,10 @@ class EventDetail:
     txid: str
     created_at: dt.datetime
     done_at: dt.datetime | None
+    crashes: int
+    """Relays that died while delivering it alone (docs/decisions/0010-poison-events.md)."""
+    suspect: bool
+    """In flight when a relay died: retried alone."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,14 +16,17 @@ import abc
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from types import TracebackType
 from typing import Self
 
 from outbox.exceptions import DatabaseError
 from outbox.fanout import Batch, FanOut
+from outbox.reconnects import reconnect_delay
 from outbox.records import Claim, ClaimedRow, Settlement
-from outbox.store import Connection, Connector, Store, describe, reconnect_delay, transaction
+from outbox.store import Connection, Connector, Store, describe, transaction
+from outbox.suspects import ClaimJournal, SuspectGate
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +56,14 @@ class ClaimContext:
     connector: Connector
     batch_size: int
     lease_seconds: float
+    gate: SuspectGate = dataclasses.field(default_factory=SuspectGate)
     deliveries: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     """The deliveries in flight, for :meth:`cut_off`."""
+
+    @functools.cached_property
+    def journal(self) -> ClaimJournal:
+        """Lock mode's record of its batches in flight."""
+        return ClaimJournal(self.store, self.connector)
 
     async def deliver(self, batch: Batch) -> None:
         """Deliver ``batch`` in a task of its own; raise :class:`CutOff` if :meth:`cut_off`
@@ -102,8 +111,9 @@ class ClaimStrategy(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def claim(self) -> Claim:
-        """Claim up to a batch of due rows."""
+    async def claim(self, *, take_suspect: bool) -> Claim:
+        """Claim up to a batch of due rows; with ``take_suspect``, one suspect alone instead
+        when one is due (outbox.suspects)."""
 
     @abc.abstractmethod
     async def deliver(self, batch: Batch) -> None:
@@ -117,13 +127,14 @@ class ClaimStrategy(abc.ABC):
 class LeaseStrategy(ClaimStrategy):
     """Claim mode "lease": the claim commits on its own, the settle compares lease tokens."""
 
-    async def claim(self) -> Claim:
+    async def claim(self, *, take_suspect: bool) -> Claim:
         context = self.context
         return await context.store.claim(
             self.conn,
             limit=context.batch_size,
             relay=context.connector.relay,
             lease_seconds=context.lease_seconds,
+            take_suspect=take_suspect,
         )
 
     async def deliver(self, batch: Batch) -> None:
@@ -182,12 +193,14 @@ class LeaseStrategy(ClaimStrategy):
 class LockStrategy(ClaimStrategy):
     """Claim mode "lock": claim, deliver and settle in one transaction, whose row locks are
     the lease. A rollback (cancelled, connection lost) hands the rows back with no attempt
-    counted, and what was delivered goes out again: at least once."""
+    counted, and what was delivered goes out again: at least once. Each batch in flight is
+    recorded in the claim journal, which outlives a relay that dies (outbox.suspects)."""
 
     def __init__(self, context: ClaimContext, conn: Connection) -> None:
         super().__init__(context, conn)
         self._transaction = transaction(conn)
         self._claimed = 0
+        self._record: int | None = None
 
     @classmethod
     async def prepare(cls, context: ClaimContext, conn: Connection) -> None:
@@ -212,10 +225,18 @@ class LockStrategy(ClaimStrategy):
         finally:
             if error is not None and self._claimed:
                 self._not_committed(error)
+            if error is not None and self._record is not None:
+                await asyncio.shield(self.context.journal.drop(self._record))
 
-    async def claim(self) -> Claim:
-        claim = await self.context.store.claim_locked(self.conn, limit=self.context.batch_size)
+    async def claim(self, *, take_suspect: bool) -> Claim:
+        context = self.context
+        await context.journal.flush()
+        claim = await context.store.claim_locked(
+            self.conn, limit=context.batch_size, take_suspect=take_suspect
+        )
         self._claimed = len(claim.rows)
+        if claim.rows:
+            self._record = await context.journal.open(claim.rows, claim.suspect)
         return claim
 
     async def deliver(self, batch: Batch) -> None:
@@ -224,7 +245,9 @@ class LockStrategy(ClaimStrategy):
 
     async def settle(self, batch: Batch) -> Settled:
         settled = self.context.fanout.settlements(batch)
-        return Settled(settled, await self.context.store.settle_locked(self.conn, settled))
+        assert self._record is not None
+        kept = await self.context.store.settle_locked(self.conn, settled, self._record)
+        return Settled(settled, kept)
 
     def _not_committed(self, error: BaseException) -> None:
         relay = self.context.connector.relay

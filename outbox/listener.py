@@ -13,7 +13,8 @@ import asyncio
 import logging
 
 from outbox.exceptions import DatabaseError
-from outbox.store import Connection, Connector, Store, close_quietly, describe, reconnect_delay
+from outbox.reconnects import reconnect_delay
+from outbox.store import Connection, Connector, Store, close_quietly, describe
 
 logger = logging.getLogger(__name__)
 

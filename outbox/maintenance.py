@@ -21,8 +21,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from outbox.exceptions import DatabaseError, DatabaseUnavailable
-from outbox.observer import RelayObserver
-from outbox.store import Connection, Connector, Reconnects, Store, close_quietly, describe
+from outbox.observer import RelayObserver, RelayStats
+from outbox.reconnects import Reconnects
+from outbox.retry import RetryPolicy
+from outbox.store import Connection, Connector, Store, close_quietly, describe
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +41,26 @@ class Maintenance:
         connector: Connector,
         *,
         interval: float,
-        max_attempts: int,
+        retry: RetryPolicy,
         retention_seconds: float,
         retention_batch: int,
         observer: RelayObserver,
+        stats: RelayStats,
         disabled_sinks: Callable[[set[str]], None],
+        suspects_waiting: Callable[[], None],
         wake: asyncio.Event,
         stopping: asyncio.Event,
     ) -> None:
         self._store = store
         self._connector = connector
         self._interval = interval
-        self._max_attempts = max_attempts
+        self._retry = retry
         self._retention_seconds = retention_seconds
         self._retention_batch = retention_batch
         self._observer = observer
+        self._stats = stats
         self._disabled_sinks = disabled_sinks
+        self._suspects_waiting = suspects_waiting
         self._wake = wake
         self._stopping = stopping
         self.database_seen: float | None = None
@@ -89,6 +95,8 @@ class Maintenance:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("disabled sinks", lambda: self._load_disabled(conn)),
             ("lease recovery", lambda: self._recover(conn)),
+            ("crash recovery", lambda: self._recover_dead_claims(conn)),
+            ("suspects", lambda: self._look_for_suspects(conn)),
             ("retention", lambda: self._purge(conn)),
         ]
         if self._observer.wants_backlog:
@@ -122,17 +130,33 @@ class Maintenance:
         self._observer.fence_wait(await self._store.fence_wait(conn))
 
     async def _recover(self, conn: Connection) -> None:
-        recovered = await self._store.recover_expired(conn, max_attempts=self._max_attempts)
+        recovered = await self._store.recover_expired(conn, self._retry)
+        self._recovered("lease expired for event %d: %s", recovered)
+
+    async def _recover_dead_claims(self, conn: Connection) -> None:
+        recovered = await self._store.recover_dead_claims(conn, self._retry)
+        self._recovered("relay died with event %d in flight: %s", recovered)
+
+    def _recovered(self, message: str, recovered: list[tuple[int, str, bool]]) -> None:
         relay = self._connector.relay
-        for event_id, status in recovered:
-            logger.warning(
-                "lease expired for event %d: now %s",
-                event_id,
-                status,
-                extra={"event_id": event_id, "relay": relay},
-            )
+        for event_id, status, charged in recovered:
+            if status == "failed":
+                outcome = "failed: the relay died while delivering it, max_attempts times"
+                self._stats.failed += 1  # a draining relay's summary and exit code count it
+                self._observer.settled(status)
+            elif charged:
+                outcome = "the relay died while delivering it alone: crash counted"
+            else:
+                outcome = "to be retried alone, not counted as an attempt"
+            extra = {"event_id": event_id, "relay": relay}
+            logger.warning(message, event_id, outcome, extra=extra)
         if recovered:
+            self._suspects_waiting()
             self._wake.set()
+
+    async def _look_for_suspects(self, conn: Connection) -> None:
+        if await self._store.suspects_due(conn):
+            self._suspects_waiting()
 
     async def _purge(self, conn: Connection) -> None:
         total = 0

@@ -8,7 +8,8 @@
     create_table = true
 
 System schemas (``pg_*``, ``information_schema``) and the outbox's own table names
-(``outbox_events``, ``outbox_sinks``, ``outbox_migrations``, in any schema) are refused.
+(``outbox_events``, ``outbox_sinks``, ``outbox_migrations``, ``outbox_claims``, in any schema)
+are refused.
 
 The table has one row per event, keyed by ``event_id``, so a repeated delivery changes
 nothing. Without ``dsn`` the insert runs inside the transaction that marks the event
@@ -35,7 +36,7 @@ from outbox.secrets import Secret
 from outbox.sinks import Event, Sink, timed_out
 
 # The outbox's own tables (outbox/schema.py): a sink writing into them would corrupt the bus.
-_OUTBOX_TABLES = frozenset({"outbox_events", "outbox_sinks", "outbox_migrations"})
+_OUTBOX_TABLES = frozenset({"outbox_events", "outbox_sinks", "outbox_migrations", "outbox_claims"})
 
 
 class PostgresOptions(BaseModel):

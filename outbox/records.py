@@ -36,6 +36,9 @@ class Claim:
     rows: list[ClaimedRow]
     now: dt.datetime
     """The database clock when the batch was claimed."""
+    suspect: bool = False
+    """The batch is one suspect alone: a row that was in flight when a relay died
+    (docs/decisions/0010-poison-events.md)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,11 +39,12 @@ from outbox.fanout import FanOut
 from outbox.listener import Listener
 from outbox.maintenance import Maintenance
 from outbox.observer import RelayObserver, RelayStats
+from outbox.reconnects import Reconnects
 from outbox.records import Claim, ClaimedRow, Settlement
 from outbox.retry import FAILED, RETRYING, Outcome, RetryPolicy
 from outbox.routing import Router, Subscription
 from outbox.sinks import Sink
-from outbox.store import Connection, Connector, Reconnects, Store, close_quietly, describe
+from outbox.store import Connection, Connector, Store, close_quietly, describe
 
 __all__ = [
     "CLAIM_MODES",
@@ -150,11 +151,13 @@ class Relay:
             self._store,
             self._connector,
             interval=options.maintenance_interval,
-            max_attempts=options.retry.max_attempts,
+            retry=options.retry,
             retention_seconds=options.retention_seconds,
             retention_batch=options.retention_batch,
             observer=self.observer,
+            stats=self.stats,
             disabled_sinks=self._fanout.set_disabled,
+            suspects_waiting=self._claims.gate.suspects_waiting,
             wake=self._wake,
             stopping=self._stopping,
         )
@@ -208,6 +211,7 @@ class Relay:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self._claims.journal.aclose()
             await self._fanout.aclose()
         if self._gave_up is not None:
             raise self._gave_up
@@ -217,9 +221,10 @@ class Relay:
     async def _load_disabled_sinks(self) -> None:
         # Before the first claim, so that not even one batch goes to a disabled sink; if the
         # database is down or failing now, the maintenance round loads them once it is back. Missing
-        # tables raise MigrationError from here.
+        # tables or migrations raise MigrationError from here.
         try:
             async with self._connector.connection() as conn:
+                await self._store.check_migrated(conn)
                 self._fanout.set_disabled(await self._store.disabled_sinks(conn))
         except DatabaseError:
             pass
@@ -264,8 +269,12 @@ class Relay:
     async def _run_batch(self, conn: Connection) -> int:
         """Claim, route, deliver and settle one batch, in the claim mode's way; then count
         and log what was settled. Returns how many events were claimed."""
-        async with self._strategy(self._claims, conn) as strategy:
-            claim = await strategy.claim()
+        async with (
+            self._claims.gate.turn() as turn,
+            self._strategy(self._claims, conn) as strategy,
+        ):
+            claim = await strategy.claim(take_suspect=turn.may_take_suspect)
+            await turn.claimed(claim.suspect)
             if not claim.rows:
                 return 0
             self._claimed(claim)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -21,13 +22,14 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
 EVENTS_TABLE = "outbox_events"
 SINKS_TABLE = "outbox_sinks"
 MIGRATIONS_TABLE = "outbox_migrations"
+CLAIMS_TABLE = "outbox_claims"
 
 metadata = MetaData()
 
@@ -67,6 +69,8 @@ events = Table(
     Column("txid", Xid8(), nullable=False, server_default=text("pg_current_xact_id()")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("done_at", DateTime(timezone=True)),
+    Column("suspect", Boolean, nullable=False, server_default=text("false")),
+    Column("crashes", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", name="outbox_events_pkey"),
     CheckConstraint(
         "status IN ('pending', 'processing', 'done', 'failed')",
@@ -92,6 +96,12 @@ events = Table(
     ),
     Index("outbox_events_done_idx", "done_at", postgresql_where=text("status = 'done'")),
     Index(
+        "outbox_events_suspect_idx",
+        "process_at",
+        "id",
+        postgresql_where=text("status = 'pending' AND suspect"),
+    ),
+    Index(
         "outbox_events_dedup_key_idx",
         "dedup_key",
         unique=True,
@@ -116,4 +126,20 @@ migrations = Table(
     Column("name", Text, nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("version", name="outbox_migrations_pkey"),
+)
+
+claims = Table(
+    CLAIMS_TABLE,
+    metadata,
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column(
+        "application_name",
+        Text,
+        nullable=False,
+        server_default=text("current_setting('application_name'::text)"),
+    ),
+    Column("event_ids", ARRAY(BigInteger), nullable=False),
+    Column("suspect", Boolean, nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("id", name="outbox_claims_pkey"),
 )

@@ -11,9 +11,9 @@ A driver error raised here leaves as the library's own (the driver's error is th
 :class:`~outbox.exceptions.DatabaseError`. The relay's loops treat both alike: whatever the
 server sends (a timeout, a cancel, a terminated session, a serialization failure, a data
 error), they log it once with :func:`describe`, close the connection, and try again after
-:class:`Reconnects` says how long. Reopening is not needed after every class, but it is
-always safe, and it is the only safe choice after an error inside a transaction or a
-terminated session; the wait dominates its cost.
+:class:`outbox.reconnects.Reconnects` says how long. Reopening is not needed after every
+class, but it is always safe, and it is the only safe choice after an error inside a
+transaction or a terminated session; the wait dominates its cost.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -35,15 +33,15 @@ from psycopg.rows import TupleRow
 
 from outbox import _queries
 from outbox.exceptions import DatabaseError, DatabaseUnavailable, MigrationError
+from outbox.migrate import available_migrations
 from outbox.records import Claim, ClaimedRow, Settlement
+from outbox.retry import RetryPolicy
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
 # Every relay connection says whose it is in pg_stat_activity (`outbox status` reads it).
 RELAY_APPLICATION_PREFIX = "outbox relay "
 
-_RECONNECT_FIRST = 0.1
-_RECONNECT_CAP = 10.0
 _MAX_TIMEOUT_MS = 2**31 - 1  # the largest value a Postgres timeout setting takes
 
 
@@ -137,52 +135,6 @@ def describe(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0]}"
 
 
-class Reconnects:
-    """One loop's failures in a row: how long to wait before the next try and, given
-    ``give_up_after``, when to stop trying (counted from the last success, or from the
-    start)."""
-
-    def __init__(self, give_up_after: float | None = None) -> None:
-        self.failures = 0
-        self._give_up_after = give_up_after
-        self._success = time.monotonic()
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self._success = time.monotonic()
-
-    def failed(self, error: DatabaseError) -> float:
-        """Seconds to wait after ``error``; a :class:`DatabaseUnavailable` saying why once
-        ``give_up_after`` has passed since the last success."""
-        self.failures += 1
-        delay = reconnect_delay(self.failures)
-        if self._give_up_after is None:
-            return delay
-        left = self._give_up_after - (time.monotonic() - self._success)
-        if left <= 0:
-            raise DatabaseUnavailable(_gave_up(self._give_up_after, error)) from error
-        return min(delay, left)
-
-
-def _gave_up(seconds: float, error: DatabaseError) -> str:
-    what = (
-        "cannot reach the database"
-        if isinstance(error, DatabaseUnavailable)
-        else ("the database keeps failing")
-    )
-    first = str(error).strip().splitlines() or [type(error).__name__]
-    return f"{what} for {seconds:g}s: {first[0]}"
-
-
-def reconnect_delay(failures: int) -> float:
-    """Seconds to wait before connecting again after ``failures`` failures in a row:
-    exponential from 0.1s, capped at 10s, with jitter."""
-    if failures <= 0:
-        return 0.0
-    base = min(_RECONNECT_CAP, _RECONNECT_FIRST * 2.0 ** (failures - 1))
-    return base * random.uniform(0.5, 1.0)
-
-
 @contextlib.asynccontextmanager
 async def transaction(conn: Connection) -> AsyncIterator[None]:
     """A transaction on ``conn`` (a savepoint inside another), committed on the way out."""
@@ -219,6 +171,11 @@ class Store:
         self._settle_locked_alike = statements["settle_locked_alike"]
         self._release = statements["release_claimed"]
         self._recover = statements["recover_expired_leases"]
+        self._open_claim = statements["open_claim"]
+        self._drop_claim = statements["drop_claim"]
+        self._recover_claims = statements["recover_dead_claims"]
+        self._suspects_due = statements["suspects_due"]
+        self._applied_migrations = statements["applied_migrations"]
         self._purge_done = statements["purge_done_events"]
         self._next_due = statements["next_due"]
         self._backlog = statements["pending_backlog"]
@@ -232,21 +189,47 @@ class Store:
         self._missing_tables = _DriverErrors(schema)
 
     async def claim(
-        self, conn: Connection, *, limit: int, relay: str, lease_seconds: float
+        self,
+        conn: Connection,
+        *,
+        limit: int,
+        relay: str,
+        lease_seconds: float,
+        take_suspect: bool,
     ) -> Claim:
+        """Claim a batch of due rows under a lease; with ``take_suspect``, one suspect alone
+        instead if one is due (decision 10)."""
+        params = {
+            "limit": limit, "relay": relay, "lease": lease_seconds, "take_suspect": take_suspect
+        }  # fmt: skip
         with _DRIVER_ERRORS:
-            cursor = await conn.execute(
-                self._claim, {"limit": limit, "relay": relay, "lease": lease_seconds}
-            )
+            cursor = await conn.execute(self._claim, params)
             records = await cursor.fetchall()
         return _claim_of(records)
 
-    async def claim_locked(self, conn: Connection, *, limit: int) -> Claim:
-        """Lock a batch of due rows; call inside the transaction that will settle them."""
+    async def claim_locked(self, conn: Connection, *, limit: int, take_suspect: bool) -> Claim:
+        """Lock a batch of due rows (or one suspect, as :meth:`claim`); call inside the
+        transaction that will settle them."""
+        params = {"limit": limit, "take_suspect": take_suspect}
         with _DRIVER_ERRORS:
-            cursor = await conn.execute(self._claim_locked, {"limit": limit})
+            cursor = await conn.execute(self._claim_locked, params)
             records = await cursor.fetchall()
         return _claim_of(records)
+
+    async def open_claim(self, conn: Connection, rows: Sequence[ClaimedRow], suspect: bool) -> int:
+        """Record a lock-mode batch in flight, on a connection other than the batch's; return
+        the record's id, for the settle (which deletes it) or :meth:`drop_claim`."""
+        with _DRIVER_ERRORS:
+            cursor = await conn.execute(
+                self._open_claim, {"ids": [row.id for row in rows], "suspect": suspect}
+            )
+            record = await cursor.fetchone()
+        assert record is not None
+        return int(record[0])
+
+    async def drop_claim(self, conn: Connection, claim: int) -> None:
+        with _DRIVER_ERRORS:
+            await conn.execute(self._drop_claim, {"claim": claim})
 
     async def settle(
         self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
@@ -258,10 +241,10 @@ class Store:
             return {record[0] for record in await cursor.fetchall()}
 
     async def settle_locked(
-        self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
+        self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]], claim: int
     ) -> set[int]:
-        """Write back a batch from :meth:`claim_locked`, in the transaction holding its locks;
-        return the ids written."""
+        """Write back a batch from :meth:`claim_locked`, in the transaction holding its locks,
+        and delete its record ``claim``; return the ids written."""
         if not settled:
             return set()
         first = settled[0][1]
@@ -270,6 +253,7 @@ class Store:
         else:
             payload = json.dumps([_settle_row(row, outcome) for row, outcome in settled])
             statement, params = self._settle_locked, {"rows": payload}
+        params["claim"] = claim
         with _DRIVER_ERRORS:
             cursor = await conn.execute(statement, params)
             return {record[0] for record in await cursor.fetchall()}
@@ -282,11 +266,36 @@ class Store:
             )
 
     async def recover_expired(
-        self, conn: Connection, *, max_attempts: int
-    ) -> list[tuple[int, str]]:
+        self, conn: Connection, retry: RetryPolicy
+    ) -> list[tuple[int, str, bool]]:
+        """Take back rows whose lease expired: ``(id, status, charged)`` each, where
+        ``charged`` says the relay died while delivering that suspect alone (a crash,
+        retried after ``retry``'s backoff, failed at its ``max_attempts``)."""
+        return await self._recover_with(self._recover, conn, retry)
+
+    async def recover_dead_claims(
+        self, conn: Connection, retry: RetryPolicy
+    ) -> list[tuple[int, str, bool]]:
+        """Take back the lock-mode batches of relays that are gone, as :meth:`recover_expired`."""
+        return await self._recover_with(self._recover_claims, conn, retry)
+
+    async def _recover_with(
+        self, statement: bytes, conn: Connection, retry: RetryPolicy
+    ) -> list[tuple[int, str, bool]]:
+        params = {
+            "max_attempts": retry.max_attempts,
+            "backoff_base": retry.base_seconds,
+            "backoff_cap": retry.cap_seconds,
+        }
         with _DRIVER_ERRORS:
-            cursor = await conn.execute(self._recover, {"max_attempts": max_attempts})
-            return [(record[0], record[1]) for record in await cursor.fetchall()]
+            cursor = await conn.execute(statement, params)
+            return [(rec[0], rec[1], bool(rec[2])) for rec in await cursor.fetchall()]
+
+    async def suspects_due(self, conn: Connection) -> bool:
+        with _DRIVER_ERRORS:
+            cursor = await conn.execute(self._suspects_due)
+            record = await cursor.fetchone()
+        return bool(record and record[0])
 
     async def purge_done(self, conn: Connection, *, keep_seconds: float, limit: int) -> int:
         with _DRIVER_ERRORS:
@@ -324,6 +333,24 @@ class Store:
             cursor = await conn.execute(self._outstanding)
             record = await cursor.fetchone()
         return bool(record and record[0])
+
+    async def check_migrated(self, conn: Connection) -> None:
+        """Raise MigrationError if the schema lacks a migration this version of the relay
+        needs (a schema without outbox_migrations, made by other means, is not checked)."""
+        try:
+            cursor = await conn.execute(self._applied_migrations)
+            applied = {int(record[0]) for record in await cursor.fetchall()}
+        except psycopg.errors.UndefinedTable:
+            return
+        except psycopg.Error as error:
+            raise _translated(error) from error
+        missing = [f"{m.version:04d}_{m.name}" for m in available_migrations()]
+        missing = [name for name in missing if int(name[:4]) not in applied]
+        if missing:
+            raise MigrationError(
+                f"schema {self.schema!r} lacks migration {', '.join(missing)}: "
+                "run `outbox migrate` before starting this relay"
+            )
 
     async def disabled_sinks(self, conn: Connection) -> set[str]:
         """The names of the sinks switched off; a MigrationError if the outbox tables are
@@ -381,10 +408,10 @@ def _claim_of(records: list[TupleRow]) -> Claim:
             errors or [], created_at, lease_token,
         )
         for (id, topic, key, _, headers, attempts, deliveries, errors, created_at,
-             lease_token, _), payload in zip(records, payloads, strict=True)
+             lease_token, _, _), payload in zip(records, payloads, strict=True)
     ]  # fmt: skip
     rows.sort(key=lambda row: row.id)
-    return Claim(rows, now)
+    return Claim(rows, now, suspect=bool(records[0][11]))
 
 
 def _alike_params(

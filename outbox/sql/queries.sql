@@ -50,51 +50,70 @@ WHERE disabled_at IS NOT NULL ORDER BY name
         SELECT p.transaction FROM pg_prepared_xact() AS p
         WHERE p.dbid <> (SELECT oid FROM pg_database WHERE datname = current_database()))))
 
--- fragment: due_rows
--- The due rows a claim takes: pending and due, oldest first (outbox_events_pending_idx). A
--- keyed row is claimable only if no earlier row of its key is unfinished
--- (outbox_events_key_idx) and it is past the key fence above. Rows another relay has locked
--- are skipped. Shared by both claims below, so that the two claim modes take exactly the same
--- rows.
-FROM {table} AS e
-WHERE e.status = 'pending'
+-- fragment: claimable
+-- The conditions a due row `e` meets to be claimed: pending and due
+-- (outbox_events_pending_idx, outbox_events_suspect_idx), and not in a lock-mode batch still
+-- recorded in outbox_claims (one hashed subplan per statement: that batch's relay is alive
+-- and holds the row, or died and its rows wait for recover_dead_claims); a keyed row only if
+-- no earlier row of its key is unfinished (outbox_events_key_idx) and it is past the key
+-- fence above.
+e.status = 'pending'
   AND e.process_at <= now()
+  AND e.id NOT IN (SELECT unnest(c.event_ids) FROM {claims} AS c)
   AND (e.key IS NULL OR (
         {key_fence}
         AND NOT EXISTS (
             SELECT 1 FROM {table} AS earlier
             WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
-ORDER BY e.process_at, e.id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+
+-- fragment: due_rows
+-- The rows a claim takes, as two CTEs: `suspect`, one row that was in flight when a relay
+-- died (decision 10), taken alone and only when %(take_suspect)s (the relay has nothing else
+-- in flight); else `due`, up to a batch of the other claimable rows, oldest first. Rows
+-- another relay has locked are skipped. Shared by both claims below, so that the two claim
+-- modes take exactly the same rows.
+suspect AS (
+    SELECT e.id FROM {table} AS e
+    WHERE %(take_suspect)s AND e.suspect AND {claimable}
+    ORDER BY e.process_at, e.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT e.id FROM {table} AS e
+    WHERE NOT e.suspect AND {claimable} AND NOT EXISTS (SELECT 1 FROM suspect)
+    ORDER BY e.process_at, e.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    SELECT id FROM suspect UNION ALL SELECT id FROM due
+)
 
 -- name: claim_leased
 -- Claim a batch with a lease (claim_mode "lease"): the due rows become `processing`, each
 -- with its own lease token; the statement commits on its own. Primary key for the update.
-WITH due AS (SELECT e.id
-{due_rows}
-)
+WITH {due_rows}
 UPDATE {table} AS e
 SET status = 'processing',
     attempts = e.attempts + 1,
     locked_by = %(relay)s,
     locked_until = now() + make_interval(secs => %(lease)s),
     lease_token = gen_random_uuid()
-FROM due
-WHERE e.id = due.id
+FROM claimed
+WHERE e.id = claimed.id
 RETURNING e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attempts,
           NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
-          e.created_at, e.lease_token, now()
+          e.created_at, e.lease_token, now(), e.suspect
 
 -- name: claim_locked
 -- Claim a batch under row locks (claim_mode "lock"): the due rows, read and locked inside
 -- the batch's transaction, nothing written. The lock is the lease: it ends with the
 -- transaction, and a rollback hands the rows back as they were. This delivery is an attempt,
--- counted when it settles: reported here as the stored attempts + 1.
+-- counted when it settles: reported here as the stored attempts + 1. Primary key.
+WITH {due_rows}
 SELECT e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb),
        e.attempts + 1, NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
-       e.created_at, NULL::uuid, now()
-{due_rows}
+       e.created_at, NULL::uuid, now(), e.suspect
+FROM {table} AS e JOIN claimed ON e.id = claimed.id
 
 -- name: settle_leased
 -- Settle a batch in one statement. The compare-and-set on lease token means a relay whose
@@ -108,7 +127,8 @@ SET status = s.status,
     done_at = CASE WHEN s.status IN ('done', 'failed') THEN now() END,
     locked_by = NULL,
     locked_until = NULL,
-    lease_token = NULL
+    lease_token = NULL,
+    suspect = false
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, token uuid, status text, process_at timestamptz,
     deliveries jsonb, errors jsonb, last_error text)
@@ -118,8 +138,9 @@ RETURNING e.id
 -- name: settle_locked
 -- Settle a batch claimed under row locks, in the transaction that holds them: the lock
 -- guarantees ownership, so no lease token is compared; the attempt is counted here. The
--- settle's own start time for done_at, not now(): the transaction began at the claim.
--- Primary key.
+-- settle's own start time for done_at, not now(): the transaction began at the claim. The
+-- batch's record in outbox_claims goes in the same commit (see open_claim). Primary keys.
+WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s)
 UPDATE {table} AS e
 SET status = s.status,
     attempts = e.attempts + 1,
@@ -130,7 +151,8 @@ SET status = s.status,
     done_at = CASE WHEN s.status IN ('done', 'failed') THEN statement_timestamp() END,
     locked_by = NULL,
     locked_until = NULL,
-    lease_token = NULL
+    lease_token = NULL,
+    suspect = false
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, status text, process_at timestamptz,
     deliveries jsonb, errors jsonb, last_error text)
@@ -140,7 +162,8 @@ RETURNING e.id
 -- name: settle_locked_alike
 -- The same, when every row of the batch settles alike (the common case: each sink delivered
 -- on the first try): an id array and one set of values, no per-row document to build and
--- take apart; the ids go in binary, cheaper to build than an array's text. Primary key.
+-- take apart; the ids go in binary, cheaper to build than an array's text. Primary keys.
+WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s)
 UPDATE {table} AS e
 SET status = %(status)s,
     attempts = e.attempts + 1,
@@ -151,7 +174,8 @@ SET status = %(status)s,
     done_at = CASE WHEN %(finished)s THEN statement_timestamp() END,
     locked_by = NULL,
     locked_until = NULL,
-    lease_token = NULL
+    lease_token = NULL,
+    suspect = false
 WHERE e.id = ANY(CAST(%(ids)b AS bigint[])) AND e.status = 'pending'
 RETURNING e.id
 
@@ -164,24 +188,94 @@ SET status = 'pending', attempts = GREATEST(e.attempts - 1, 0),
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
 WHERE e.id = r.id AND e.lease_token = r.token AND e.status = 'processing'
 
+-- fragment: died_while_delivering
+-- The error recorded when relay x.relay died while delivering the suspect `e` alone.
+'the relay died while delivering it (' || x.relay || '; crash ' || (e.crashes + 1)
+    || ' of ' || %(max_attempts)s || ')'
+
+-- fragment: charge_crash
+-- The SET list (less attempts) for a row `e` in flight when its relay x.relay died
+-- (decision 10). A suspect delivered alone (x.charged) is charged the crash: an error
+-- recorded, `crashes` counted, failed at max_attempts. Any other row becomes a suspect, with
+-- nothing counted. x.counted: whether the claim already counted the attempt (lease mode).
+-- A crash is retried after the retry backoff (base * 2^(crashes - 1), capped), so that a
+-- poison event does not take down every relay at once.
+status = CASE WHEN x.charged AND e.crashes + 1 >= %(max_attempts)s
+              THEN 'failed' ELSE 'pending' END,
+process_at = CASE WHEN x.charged
+                  THEN now() + make_interval(secs => least(
+                      %(backoff_cap)s, %(backoff_base)s * 2 ^ least(e.crashes, 62)))
+                  ELSE e.process_at END,
+done_at = CASE WHEN x.charged AND e.crashes + 1 >= %(max_attempts)s THEN now() END,
+crashes = e.crashes + x.charged::int,
+suspect = true,
+errors = CASE WHEN x.charged
+              THEN e.errors || jsonb_build_array(jsonb_build_object(
+                  'at', now(), 'sink', NULL,
+                  'attempt', e.attempts + (NOT x.counted)::int,
+                  'error', {died_while_delivering}))
+              ELSE e.errors END,
+last_error = CASE WHEN x.charged THEN {died_while_delivering}
+                  ELSE 'in flight when ' || x.relay || ' died or stalled; '
+                       || 'to be retried alone, not counted as an attempt' END,
+locked_by = NULL, locked_until = NULL, lease_token = NULL
+
 -- name: recover_expired_leases
 -- Rows whose lease expired (their relay died or stalled) become claimable again
--- (outbox_events_processing_idx). A row whose claims outnumber what its sinks' attempts can
--- explain has crashed relays repeatedly: it fails rather than crash them forever.
+-- (outbox_events_processing_idx). The claim counted an attempt: a suspect delivered alone
+-- keeps it as a crash; any other row gets it back and becomes a suspect (decision 10).
 UPDATE {table} AS e
-SET status = CASE WHEN x.exhausted THEN 'failed' ELSE 'pending' END,
-    done_at = CASE WHEN x.exhausted THEN now() END,
-    last_error = 'lease of ' || COALESCE(e.locked_by, '?') || ' expired during attempt '
-                 || e.attempts,
-    locked_by = NULL, locked_until = NULL, lease_token = NULL
+SET attempts = CASE WHEN x.charged THEN e.attempts ELSE GREATEST(e.attempts - 1, 0) END,
+    {charge_crash}
 FROM (
-    SELECT id, attempts >= %(max_attempts)s
-                 * (1 + (SELECT count(*) FROM jsonb_object_keys(deliveries))) AS exhausted
+    SELECT id, suspect AS charged, true AS counted, COALESCE(locked_by, '?') AS relay
     FROM {table}
     WHERE status = 'processing' AND locked_until < now()
 ) AS x
 WHERE e.id = x.id AND e.status = 'processing'
-RETURNING e.id, e.status
+RETURNING e.id, e.status, x.charged
+
+-- name: open_claim
+-- Record a lock-mode batch in flight, from a connection other than the batch's, before its
+-- sinks are called: if the relay dies, the rollback leaves this record behind
+-- (recover_dead_claims); the batch's settle deletes it in the commit. Primary key.
+INSERT INTO {claims} (event_ids, suspect) VALUES (%(ids)s, %(suspect)s) RETURNING id
+
+-- name: drop_claim
+-- Forget a lock-mode batch that ended without a commit while its relay lives (primary key).
+DELETE FROM {claims} WHERE id = %(claim)s
+
+-- name: recover_dead_claims
+-- Lock-mode batches whose relay is gone (no connection of the database carries the
+-- application_name it recorded) go back as in recover_expired_leases: a suspect delivered
+-- alone is charged the crash (the attempt counted too), every other row becomes a suspect.
+-- Rows no longer pending are left alone. A scan of outbox_claims (a row per
+-- batch in flight), pg_stat_activity, and primary keys.
+WITH dead AS (
+    DELETE FROM {claims} AS c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_stat_activity AS a
+        WHERE a.application_name = c.application_name
+          AND a.datname = current_database())
+    RETURNING c.application_name, c.event_ids, c.suspect
+), x AS (
+    SELECT DISTINCT ON (id) id, suspect AS charged, false AS counted,
+           substr(application_name, length('outbox relay ') + 1) AS relay
+    FROM dead, unnest(event_ids) AS id
+    ORDER BY id, suspect DESC
+)
+UPDATE {table} AS e
+SET attempts = e.attempts + x.charged::int,
+    {charge_crash}
+FROM x
+WHERE e.id = x.id AND e.status = 'pending'
+RETURNING e.id, e.status, x.charged
+
+-- name: suspects_due
+-- Whether suspects are due (outbox_events_suspect_idx): a relay with several workers then
+-- makes room to claim one alone.
+SELECT EXISTS (
+    SELECT 1 FROM {table} WHERE status = 'pending' AND suspect AND process_at <= now())
 
 -- name: purge_done_events
 -- Delete done rows older than the retention, a bounded batch at a time (outbox_events_done_idx).
@@ -388,7 +482,7 @@ LIMIT %(limit)s
 -- One event, every column (primary key).
 SELECT id, topic, key, status, attempts, process_at, locked_by, locked_until,
        lease_token::text, payload, headers, deliveries, errors, last_error, dedup_key,
-       txid::text, created_at, done_at
+       txid::text, created_at, done_at, crashes, suspect
 FROM {table}
 WHERE id = %(id)s
 
@@ -397,12 +491,13 @@ WHERE id = %(id)s
 SELECT count(*), COALESCE(max(e.id), 0) FROM {table} AS e WHERE {event_filters}
 
 -- name: retry_batch
--- Retry failed events: pending again, due now, claim counter reset. Without a sink every sink
--- that had not acknowledged starts over; with one, only that sink. Delivered sinks stay
--- delivered, so they never see the event twice (primary key, via the batch).
+-- Retry failed events: pending again, due now, claim and crash counters reset (a suspect
+-- stays one: it goes alone). Without a sink every sink that had not acknowledged starts
+-- over; with one, only that sink. Delivered sinks stay delivered, so they never see the
+-- event twice (primary key, via the batch).
 WITH batch AS ({repair_batch})
 UPDATE {table} AS e
-SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0,
+SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0, crashes = 0,
     deliveries = CASE
         WHEN %(sink)s::text IS NULL THEN COALESCE((
             SELECT jsonb_object_agg(d.key, CASE
@@ -419,11 +514,12 @@ WHERE e.id = batch.id
 RETURNING e.id
 
 -- name: replay_batch
--- Replay done events: pending again, due now, claim counter reset, and the chosen sink's
--- delivery entry removed (or all entries), so the relay delivers there again (primary key).
+-- Replay done events: pending again, due now, claim and crash counters reset, and the chosen
+-- sink's delivery entry removed (or all entries), so the relay delivers there again (primary
+-- key).
 WITH batch AS ({repair_batch})
 UPDATE {table} AS e
-SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0,
+SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0, crashes = 0,
     deliveries = CASE
         WHEN %(sink)s::text IS NULL THEN jsonb_build_object()
         ELSE e.deliveries - %(sink)s::text

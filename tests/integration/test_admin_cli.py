@@ -503,7 +503,10 @@ def test_events_show(database_url: str, workdir: Path, catalogue: dict[str, int]
         "txid",
         "created_at",
         "done_at",
+        "crashes",
+        "suspect",
     }
+    assert (shown["crashes"], shown["suspect"]) == (0, False)
     assert shown["payload"] == {"topic": "order.paid.late"}
     assert shown["headers"] == {"traceparent": "00-abc-def-01"}
     assert shown["deliveries"] == {"hook": HOOK_FAILED, "audit": DELIVERED}

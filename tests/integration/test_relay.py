@@ -404,7 +404,10 @@ async def test_a_late_settle_after_the_lease_expired_changes_nothing(
     assert after["status"] == "done"
     assert after["deliveries"]["sink"]["status"] == "delivered"
     assert after["errors"] == []
-    assert after["attempts"] == 2
+    # Relay 1's claim was given back when its lease expired (a row in flight at a relay's
+    # death or stall is a suspect, not charged): only relay 2's attempt counts.
+    assert after["attempts"] == 1
+    assert (after["suspect"], after["crashes"]) == (False, 0)
     assert relay_1.stats.done == relay_1.stats.retried == 0
     assert relay_2.stats.done == 1
 
@@ -419,7 +422,11 @@ async def test_an_expired_lease_is_recovered(database_url: str, db: Db) -> None:
     async with running(relay_for(database_url, {"sink": sink})) as run:
         await run.until(status_is(db, "done", event_id), "the abandoned event to be delivered")
     assert sink.ids() == [event_id]
-    assert (await row(db, event_id))["attempts"] == 2
+    recovered = await row(db, event_id)
+    # The dead relay's attempt is given back: it died with the event in a batch (here, of
+    # one, but not claimed as a suspect), so the crash is not this event's to carry.
+    assert recovered["attempts"] == 1
+    assert (recovered["suspect"], recovered["crashes"]) == (False, 0)
 
 
 # -- waking up -------------------------------------------------------------------------------

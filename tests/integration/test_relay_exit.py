@@ -133,3 +133,18 @@ def test_drain_exits_3_when_events_failed_or_wait_for_a_retry(
     result = relay(tmp_path, "--drain", "--database-url", database_url)
     assert result.returncode == 3, result.stderr
     assert last_line(result.stdout) == "delivered 1, retrying 2, failed 1"
+
+
+def test_a_schema_that_lacks_a_migration_ends_the_relay_with_the_fix(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A relay newer than its schema would fail every statement that needs the missing
+    migration, for ever; it says so once, at start, and exits 1."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("DELETE FROM outbox_migrations WHERE version = 4")
+    result = relay(tmp_path, "--drain", "--database-url", database_url)
+    assert result.returncode == 1, result.stderr
+    assert last_line(result.stderr) == (
+        "error: schema 'public' lacks migration 0004_suspects_and_lock_mode_claims: "
+        "run `outbox migrate` before starting this relay"
+    )

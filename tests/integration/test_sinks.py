@@ -477,4 +477,6 @@ async def test_relay_killed_between_insert_and_settle_leaves_no_duplicate(
     options = fast_options(lease_seconds=1, delivery_timeout=0.5)
     await drain(database_url, {"audit": postgres_sink()}, options)
     assert fetch(database_url, "SELECT event_id FROM audit.events") == [(event_id,)]
-    assert fetch(database_url, "SELECT status, attempts FROM outbox_events") == [("done", 2)]
+    # The killed relay's attempt is given back (it died with the event in an ordinary batch:
+    # a suspect, retried alone, decision 10), so only the second counts.
+    assert fetch(database_url, "SELECT status, attempts FROM outbox_events") == [("done", 1)]

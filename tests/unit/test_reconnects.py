@@ -7,7 +7,8 @@ import psycopg
 import pytest
 
 from outbox.exceptions import DatabaseError, DatabaseUnavailable
-from outbox.store import Reconnects, describe
+from outbox.reconnects import Reconnects
+from outbox.store import describe
 
 
 def unavailable(message: str) -> DatabaseUnavailable:

@@ -35,7 +35,7 @@ def failing(error: BaseException) -> Any:
 async def test_a_lost_connection_is_unavailable() -> None:
     error = psycopg.OperationalError("server closed the connection unexpectedly")
     with pytest.raises(DatabaseUnavailable, match="server closed") as raised:
-        await Store().claim(failing(error), limit=1, relay="r", lease_seconds=1)
+        await Store().claim(failing(error), limit=1, relay="r", lease_seconds=1, take_suspect=False)
     assert raised.value.__cause__ is error
 
 
