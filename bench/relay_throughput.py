@@ -89,27 +89,39 @@ async def _ceiling(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
     """Seconds to claim and settle every row with the relay's statements and nothing else."""
     store = Store()
     batch = _locked_batch if claim_mode == "lock" else _leased_batch
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as journal,
+    ):
         started = time.perf_counter()
-        while await batch(store, conn, batch_size):
+        while await batch(store, conn, journal, batch_size):
             pass
         return time.perf_counter() - started
 
 
-async def _leased_batch(store: Store, conn: Connection, batch_size: int) -> int:
-    claim = await store.claim(conn, limit=batch_size, relay="bench", lease_seconds=60)
+async def _leased_batch(
+    store: Store, conn: Connection, journal: Connection, batch_size: int
+) -> int:
+    claim = await store.claim(
+        conn, limit=batch_size, relay="bench", lease_seconds=60, take_suspect=True
+    )
     if claim.rows:
         done = _done_settlement(claim.now)
         await store.settle(conn, [(row, done) for row in claim.rows])
     return len(claim.rows)
 
 
-async def _locked_batch(store: Store, conn: Connection, batch_size: int) -> int:
+async def _locked_batch(
+    store: Store, conn: Connection, journal: Connection, batch_size: int
+) -> int:
+    """As the relay: the batch recorded on a second connection (decision 10), its record
+    deleted by the settle."""
     async with conn.transaction():
-        claim = await store.claim_locked(conn, limit=batch_size)
+        claim = await store.claim_locked(conn, limit=batch_size, take_suspect=True)
         if claim.rows:
+            record = await store.open_claim(journal, claim.rows, claim.suspect)
             done = _done_settlement(claim.now)
-            await store.settle_locked(conn, [(row, done) for row in claim.rows])
+            await store.settle_locked(conn, [(row, done) for row in claim.rows], record)
     return len(claim.rows)
 
 
