@@ -42,6 +42,7 @@ class Maintenance:
         *,
         interval: float,
         retry: RetryPolicy,
+        orphan_grace: float,
         retention_seconds: float,
         retention_batch: int,
         observer: RelayObserver,
@@ -55,6 +56,7 @@ class Maintenance:
         self._connector = connector
         self._interval = interval
         self._retry = retry
+        self._orphan_grace = orphan_grace
         self._retention_seconds = retention_seconds
         self._retention_batch = retention_batch
         self._observer = observer
@@ -134,7 +136,9 @@ class Maintenance:
         self._recovered("lease expired for event %d: %s", recovered)
 
     async def _recover_dead_claims(self, conn: Connection) -> None:
-        recovered = await self._store.recover_dead_claims(conn, self._retry)
+        recovered = await self._store.recover_dead_claims(
+            conn, self._retry, grace=self._orphan_grace
+        )
         self._recovered("relay died with event %d in flight: %s", recovered)
 
     def _recovered(self, message: str, recovered: list[tuple[int, str, bool]]) -> None:
@@ -148,6 +152,8 @@ class Maintenance:
                 outcome = "the relay died while delivering it alone: crash counted"
             else:
                 outcome = "to be retried alone, not counted as an attempt"
+            if charged and self._stats.track_waiting:
+                self._stats.settled(event_id, status)  # a crash retry waits like any retry
             extra = {"event_id": event_id, "relay": relay}
             logger.warning(message, event_id, outcome, extra=extra)
         if recovered:

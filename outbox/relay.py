@@ -59,6 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FIRST_RECHECK = 0.01
+# How long a lock-mode relay must have had no connection before its batches are taken back
+# as a dead relay's: the lease, up to this (a cut-off relay reconnects well within it).
+_ORPHAN_GRACE_CAP = 10.0
 
 ClaimMode = Literal["lease", "lock"]
 CLAIM_MODES: tuple[ClaimMode, ...] = ("lease", "lock")
@@ -152,6 +155,7 @@ class Relay:
             self._connector,
             interval=options.maintenance_interval,
             retry=options.retry,
+            orphan_grace=min(options.lease_seconds, _ORPHAN_GRACE_CAP),
             retention_seconds=options.retention_seconds,
             retention_batch=options.retention_batch,
             observer=self.observer,

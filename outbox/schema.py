@@ -141,5 +141,6 @@ claims = Table(
     Column("event_ids", ARRAY(BigInteger), nullable=False),
     Column("suspect", Boolean, nullable=False),
     Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("orphaned_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("id", name="outbox_claims_pkey"),
 )

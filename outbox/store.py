@@ -274,18 +274,20 @@ class Store:
         return await self._recover_with(self._recover, conn, retry)
 
     async def recover_dead_claims(
-        self, conn: Connection, retry: RetryPolicy
+        self, conn: Connection, retry: RetryPolicy, *, grace: float
     ) -> list[tuple[int, str, bool]]:
-        """Take back the lock-mode batches of relays that are gone, as :meth:`recover_expired`."""
-        return await self._recover_with(self._recover_claims, conn, retry)
+        """Take back the lock-mode batches of relays gone for ``grace`` seconds, as
+        :meth:`recover_expired`."""
+        return await self._recover_with(self._recover_claims, conn, retry, grace=grace)
 
     async def _recover_with(
-        self, statement: bytes, conn: Connection, retry: RetryPolicy
+        self, statement: bytes, conn: Connection, retry: RetryPolicy, **more: float
     ) -> list[tuple[int, str, bool]]:
         params = {
             "max_attempts": retry.max_attempts,
             "backoff_base": retry.base_seconds,
             "backoff_cap": retry.cap_seconds,
+            **more,
         }
         with _DRIVER_ERRORS:
             cursor = await conn.execute(statement, params)

@@ -108,12 +108,28 @@ RETURNING e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb
 -- Claim a batch under row locks (claim_mode "lock"): the due rows, read and locked inside
 -- the batch's transaction, nothing written. The lock is the lease: it ends with the
 -- transaction, and a rollback hands the rows back as they were. This delivery is an attempt,
--- counted when it settles: reported here as the stored attempts + 1. Primary key.
-WITH {due_rows}
-SELECT e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb),
-       e.attempts + 1, NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
-       e.created_at, NULL::uuid, now(), e.suspect
-FROM {table} AS e JOIN claimed ON e.id = claimed.id
+-- counted when it settles: reported here as the stored attempts + 1. The same rows as
+-- due_rows above, each CTE reading its columns itself (a join back to the table cost more).
+WITH suspect AS (
+    SELECT {locked_columns} FROM {table} AS e
+    WHERE %(take_suspect)s AND e.suspect AND {claimable}
+    ORDER BY e.process_at, e.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT {locked_columns} FROM {table} AS e
+    WHERE NOT e.suspect AND {claimable} AND NOT EXISTS (SELECT 1 FROM suspect)
+    ORDER BY e.process_at, e.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+SELECT * FROM suspect UNION ALL SELECT * FROM due
+
+-- fragment: locked_columns
+-- What claim_locked reads of each row, in the order the store expects.
+e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attempts + 1,
+NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb), e.created_at, NULL::uuid,
+now(), e.suspect
 
 -- name: settle_leased
 -- Settle a batch in one statement. The compare-and-set on lease token means a relay whose
@@ -245,18 +261,27 @@ INSERT INTO {claims} (event_ids, suspect) VALUES (%(ids)s, %(suspect)s) RETURNIN
 -- Forget a lock-mode batch that ended without a commit while its relay lives (primary key).
 DELETE FROM {claims} WHERE id = %(claim)s
 
+-- fragment: relay_gone
+-- No connection of this database carries the application_name that the outbox_claims row
+-- `c` recorded: its relay is gone, or cut off for now.
+NOT EXISTS (
+    SELECT 1 FROM pg_stat_activity AS a
+    WHERE a.application_name = c.application_name AND a.datname = current_database())
+
 -- name: recover_dead_claims
--- Lock-mode batches whose relay is gone (no connection of the database carries the
--- application_name it recorded) go back as in recover_expired_leases: a suspect delivered
--- alone is charged the crash (the attempt counted too), every other row becomes a suspect.
--- Rows no longer pending are left alone. A scan of outbox_claims (a row per
--- batch in flight), pg_stat_activity, and primary keys.
-WITH dead AS (
+-- Lock-mode batches whose relay is gone go back as in recover_expired_leases: a suspect
+-- delivered alone is charged the crash (the attempt counted too), every other row becomes a
+-- suspect. A record is first marked orphaned, and taken back only if its relay is still
+-- gone %(grace)s seconds later: a relay that was only cut off (a server restart, terminated
+-- sessions) reconnects and forgets its own records meanwhile. Rows no longer pending are
+-- left alone. A scan of outbox_claims (a row per batch in flight), pg_stat_activity, and
+-- primary keys.
+WITH orphaned AS (
+    UPDATE {claims} AS c SET orphaned_at = now()
+    WHERE c.orphaned_at IS NULL AND {relay_gone}
+), dead AS (
     DELETE FROM {claims} AS c
-    WHERE NOT EXISTS (
-        SELECT 1 FROM pg_stat_activity AS a
-        WHERE a.application_name = c.application_name
-          AND a.datname = current_database())
+    WHERE c.orphaned_at < now() - make_interval(secs => %(grace)s) AND {relay_gone}
     RETURNING c.application_name, c.event_ids, c.suspect
 ), x AS (
     SELECT DISTINCT ON (id) id, suspect AS charged, false AS counted,

@@ -10,6 +10,7 @@ later events of the poison's key wait behind it (parked), and no other key waits
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ import psycopg
 import pytest
 
 import outbox
+from outbox.relay import Relay
+from outbox.routing import Subscription
+from outbox.runtime import relay_options
+from outbox.sinks import Event, Sink
 
 MAX_ATTEMPTS = 3
 POISON_EXIT = 77
@@ -82,16 +87,17 @@ def _publish(database_url: str) -> dict[str, list[int]]:
     return ids
 
 
-def _supervise(tmp_path: Path, database_url: str) -> tuple[int, list[str]]:
-    """Run ``outbox relay --drain`` until it exits other than by the poison; return how many
-    times the poison killed it, and each run's output."""
+def _supervise(tmp_path: Path, database_url: str, poison: int) -> tuple[int, list[str]]:
+    """Run ``outbox relay --drain`` again and again, as a supervisor restarts a relay, until
+    the poison has failed; return how many times it killed the relay, and each run's
+    output. A drain that ends while the poison waits for its next try exits 3."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("OUTBOX_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     env["POISON_TEST_DATABASE_URL"] = database_url
     command = [sys.executable, "-m", "outbox.cli", "relay", "--config", "outbox.toml"]
     command += ["--database-url", database_url, "--drain"]
     deaths, outputs = 0, []
-    for _ in range(MAX_ATTEMPTS + 3):
+    for _ in range(3 * MAX_ATTEMPTS + 3):
         run = subprocess.run(
             command,
             cwd=tmp_path,
@@ -102,11 +108,15 @@ def _supervise(tmp_path: Path, database_url: str) -> tuple[int, list[str]]:
             check=False,
         )
         outputs.append(run.stdout + run.stderr)
-        if run.returncode != POISON_EXIT:
-            # Drained: 3 because the poison failed (and its key waits behind it).
-            assert run.returncode == 3, outputs[-1]
-            return deaths, outputs
-        deaths += 1
+        if run.returncode == POISON_EXIT:
+            deaths += 1
+            continue
+        # Drained: 3, since the poison failed or waits for its next try.
+        assert run.returncode == 3, outputs[-1]
+        with psycopg.connect(database_url) as conn:
+            status = conn.execute("SELECT status FROM outbox_events WHERE id = %s", (poison,))
+            if status.fetchone() == ("failed",):
+                return deaths, outputs
     raise AssertionError(f"still crashing after {deaths} deaths:\n" + "\n---\n".join(outputs))
 
 
@@ -121,7 +131,8 @@ def test_a_poison_event_fails_alone_and_its_batch_mates_are_delivered(
     (tmp_path / "poison_sink.py").write_text(sink, encoding="utf-8")
     ids = _publish(database_url)
 
-    deaths, outputs = _supervise(tmp_path, database_url)
+    (poison,) = ids["poison"]
+    deaths, outputs = _supervise(tmp_path, database_url, poison)
 
     with psycopg.connect(database_url) as conn:
         rows: dict[int, Any] = {
@@ -137,7 +148,6 @@ def test_a_poison_event_fails_alone_and_its_batch_mates_are_delivered(
     # The first death came in an ordinary batch and charged nothing; each later one came
     # while the poison was delivered alone, and was charged to it.
     assert deaths == MAX_ATTEMPTS + 1, "\n---\n".join(outputs)
-    (poison,) = ids["poison"]
     status, _, crashes, _, errors, last_error = rows[poison]
     assert (status, crashes) == ("failed", MAX_ATTEMPTS)
     assert len(errors) == MAX_ATTEMPTS
@@ -172,3 +182,81 @@ def test_a_poison_event_fails_alone_and_its_batch_mates_are_delivered(
             (poison,),
         ).fetchone()
     assert again == ("pending", 0, 0, True)
+
+
+class _Held(Sink):
+    """Holds every delivery until ``release`` is set; ``entered`` says one started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.received: list[int] = []
+
+    async def deliver(self, event: Event) -> None:
+        self.entered.set()
+        await self.release.wait()
+        self.received.append(event.id)
+
+
+@pytest.mark.timeout(120)
+async def test_a_lock_mode_relay_cut_off_from_the_database_is_not_taken_for_dead(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every connection of a lock-mode relay is terminated, again and again for a second,
+    while its batch is in flight; then it reconnects and carries on. Another relay's
+    maintenance must not take its batch for a dead relay's (suspects, a crash charged)."""
+    with psycopg.connect(database_url) as conn:
+        ids = [outbox.publish(conn, "order.placed", {"n": n}).id for n in range(5)]
+    held, other = _Held(), _Held()
+    other.release.set()
+
+    def relay(name: str, sink: Sink) -> Relay:
+        options = relay_options(
+            claim_mode="lock",
+            name=name,
+            poll_interval=0.05,
+            maintenance_interval=0.1,
+            lease_seconds=5,
+            delivery_timeout=4,
+        )
+        return Relay(database_url, {"app": sink}, [Subscription(("order.#",), ("app",))], options)
+
+    cut_off, watcher = relay("cut-off", held), relay("watcher", other)
+    running = asyncio.create_task(cut_off.run())
+    try:
+        await asyncio.wait_for(held.entered.wait(), 30)
+        watching = asyncio.create_task(watcher.run())
+        try:
+            # Cut off for a second (ten maintenance rounds of the watcher): every connection
+            # it opens is terminated at once.
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                until = asyncio.get_running_loop().time() + 1.0
+                while asyncio.get_running_loop().time() < until:
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'outbox relay cut-off'"
+                    )
+                    await asyncio.sleep(0.01)
+            held.release.set()
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                with psycopg.connect(database_url) as conn:
+                    rows = conn.execute(
+                        "SELECT status, suspect, crashes FROM outbox_events WHERE id = ANY(%s)",
+                        [ids],
+                    ).fetchall()
+                if all(row[0] == "done" for row in rows):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, rows
+                await asyncio.sleep(0.1)
+        finally:
+            watcher.stop()
+            await asyncio.wait_for(watching, 30)
+    finally:
+        cut_off.stop()
+        held.release.set()
+        await asyncio.wait_for(running, 30)
+    assert {(suspect, crashes) for _, suspect, crashes in rows} == {(False, 0)}
+    taken = [r.getMessage() for r in caplog.records if "relay died with event" in r.getMessage()]
+    assert taken == []
