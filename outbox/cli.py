@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -34,7 +35,7 @@ from outbox.migrate import DEFAULT_SCHEMA, migrate, migration_script
 from outbox.plugins import describe_plugins, make_plugin_manager
 from outbox.relay import RelayObserver
 from outbox.settings import Settings, load_settings
-from outbox.store import Store
+from outbox.sink_switches import Switches
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,40 +186,58 @@ def plugins_command(as_json: bool) -> None:
 
 @main.group("sinks")
 def sinks_group() -> None:
-    """Switch sinks on and off (a sink answering 410 Gone is switched off by the relay)."""
+    """Pause, resume, disable and enable sinks. A held sink (paused, or disabled by an
+    operator or a 410 Gone) receives nothing; its deliveries wait, counting no attempt, and
+    every other sink goes on (docs/decisions/0011-sinks-held-independently.md)."""
+
+
+@sinks_group.command("pause")
+@click.argument("name")
+@click.option("--reason", help="Why, shown by `outbox status`.")
+@with_settings
+def sinks_pause(name: str, reason: str | None, settings: Settings) -> None:
+    """Pause sink NAME: its deliveries wait, none attempted, until it is resumed."""
+    changed = _sink_switch(settings, name, lambda s, c: s.pause(c, name, reason))
+    click.echo(f"sink {name} paused" if changed else f"sink {name} was already paused")
+
+
+@sinks_group.command("resume")
+@click.argument("name")
+@with_settings
+def sinks_resume(name: str, settings: Settings) -> None:
+    """Resume sink NAME: its waiting deliveries flow, in per-key order."""
+    changed = _sink_switch(settings, name, lambda s, c: s.resume(c, name))
+    click.echo(f"sink {name} resumed" if changed else f"sink {name} was not paused")
 
 
 @sinks_group.command("enable")
 @click.argument("name")
 @with_settings
 def sinks_enable(name: str, settings: Settings) -> None:
-    """Switch sink NAME back on; its failed events can then be retried."""
-    _sink_switch(settings, name, enable=True)
+    """Switch sink NAME back on: its waiting deliveries flow, with no retry needed."""
+    changed = _sink_switch(settings, name, lambda s, c: s.enable(c, name))
+    click.echo(f"sink {name} enabled" if changed else f"sink {name} was not disabled")
 
 
 @sinks_group.command("disable")
 @click.argument("name")
 @with_settings
 def sinks_disable(name: str, settings: Settings) -> None:
-    """Switch sink NAME off: relays fail its deliveries at once until it is enabled."""
-    _sink_switch(settings, name, enable=False)
+    """Switch sink NAME off: its deliveries wait, none attempted, until it is enabled."""
+    _sink_switch(settings, name, lambda s, c: s.disable(c, name))
+    click.echo(f"sink {name} disabled")
 
 
-def _sink_switch(settings: Settings, name: str, *, enable: bool) -> None:
+def _sink_switch(
+    settings: Settings,
+    name: str,
+    switch: Callable[[Switches, Connection], Awaitable[bool | None]],
+) -> bool | None:
     runtime.database_url(settings)  # no database is a usage error, before the name is checked
     if settings.sinks and name not in settings.sinks:
         raise click.UsageError(f"no sink named {name!r} in the configuration")
-    store = Store(settings.db_schema)
-
-    async def switch(conn: Connection) -> bool:
-        if enable:
-            return await store.enable_sink(conn, name)
-        await store.disable_sink(conn, name, "disabled by an operator")
-        return True
-
-    changed = on_database(settings, switch)
-    state = "enabled" if enable else "disabled"
-    click.echo(f"sink {name} {state}" if changed else f"sink {name} was not disabled")
+    switches = Switches(settings.db_schema, settings.relay.channel)
+    return on_database(settings, lambda conn: switch(switches, conn))
 
 
 @main.command("demo")

@@ -3,8 +3,13 @@
 Each sink gets its share of the batch in one ``deliver_batch`` call, every sink at once,
 each bounded by its own concurrency. A transactional sink (one that writes into the
 outbox's own database) is not called directly: it writes inside the transaction that
-settles the batch, so its writes and the settle commit together. A disabled sink fails its
-events at once, without a call; a sink that raises :class:`~outbox.SinkGone` is disabled.
+settles the batch, so its writes and the settle commit together.
+
+Sinks never hold each other back (docs/decisions/0011-sinks-held-independently.md): a sink
+that is held (paused, or disabled, as one that raises :class:`~outbox.SinkGone` becomes) is
+not called, and its events wait for it with no attempt counted; a sink that an earlier event
+of the key has not reached yet is not called for this one either. Every other sink gets the
+event as if those did not exist.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from collections.abc import Mapping, Sequence
 from outbox.exceptions import DatabaseUnavailable, RetryableError, SinkGone
 from outbox.observer import RelayObserver, RelayStats
 from outbox.records import Claim, ClaimedRow, Settlement
-from outbox.retry import SUCCESS, Outcome, RetryPolicy, classify, settle_event, sinks_due
+from outbox.retry import (
+    HELD_UNTIL,
+    SUCCESS,
+    Outcome,
+    RetryPolicy,
+    classify,
+    settle_event,
+    sinks_due,
+)
 from outbox.routing import Router
 from outbox.sinks import Event, Sink
 from outbox.store import Connection, Connector, Store, sink_savepoint
@@ -40,6 +53,9 @@ class Batch:
     database clock plus the time since."""
     outcomes: dict[int, dict[str, Outcome]]
     """Per event id, per sink attempted in this batch: what the attempt came to."""
+    waits: dict[int, dict[str, dt.datetime]]
+    """Per event id, the sinks due but not attempted (held, or behind an earlier event of
+    the key), each with when to look again."""
     direct: Deliveries
     """Sinks called directly."""
     in_transaction: Deliveries
@@ -76,27 +92,38 @@ class FanOut:
         self._retry = retry
         self._observer = observer
         self._stats = stats
-        self.disabled: set[str] = set()
-        """Sinks switched off: their events fail at once, without a call."""
+        self.held: set[str] = set()
+        """Sinks paused or disabled: their events wait for them, with no call."""
+        self._released: set[str] = set()
+        """Sinks held earlier in this relay's life and not now: a batch routed while one was
+        held and settled after must not leave its events waiting for a switch already made."""
 
-    def set_disabled(self, names: set[str]) -> None:
-        """Switch off exactly ``names``, as the database has them (read at start and by
-        each maintenance round)."""
-        self.disabled = names
+    def set_held(self, names: set[str]) -> set[str]:
+        """Hold exactly ``names``, as the database has them (read at start and by each
+        maintenance round); return the sinks held until now and no longer, whose waiting
+        deliveries this relay may have held again since they were switched back on."""
+        released = self.held - names
+        self.held = names
+        self._released |= released
+        self._released -= names
+        return released
 
     def route(self, claim: Claim) -> Batch:
         """Group the batch by sink: sinks delivered directly, sinks writing in the settle
-        transaction. Disabled sinks fail at once, without a call."""
-        batch = Batch(claim, time.monotonic(), {row.id: {} for row in claim.rows}, {}, {})
-        outcomes, direct, in_transaction = batch.outcomes, batch.direct, batch.in_transaction
+        transaction. Held sinks, and sinks an earlier event of the key has not reached, wait
+        without a call."""
+        ids = [row.id for row in claim.rows]
+        batch = Batch(claim, time.monotonic(), {i: {} for i in ids}, {i: {} for i in ids}, {}, {})
+        direct, in_transaction = batch.direct, batch.in_transaction
         for row in claim.rows:
             for sink_name in sinks_due(
                 self._router.sinks_for(row.topic), row.deliveries, claim.now
             ):
-                if sink_name in self.disabled:
-                    outcomes[row.id][sink_name] = Outcome(
-                        ok=False, permanent=True, error=f"sink {sink_name} is disabled"
-                    )
+                if sink_name in self.held:
+                    batch.waits[row.id][sink_name] = HELD_UNTIL
+                    continue
+                if sink_name in row.blocked:
+                    batch.waits[row.id][sink_name] = row.blocked[sink_name]
                     continue
                 group = in_transaction if self._sinks[sink_name].transactional else direct
                 group.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
@@ -136,16 +163,29 @@ class FanOut:
         first_try: dict[tuple[tuple[str, ...], tuple[str, ...]], Settlement] = {}
         settled = []
         for row in claim.rows:
-            attempted = outcomes[row.id]
-            if row.deliveries or row.errors or any(o is not SUCCESS for o in attempted.values()):
-                settled.append((row, self._settlement(row, attempted, now)))
+            attempted, waits = outcomes[row.id], self._current(batch.waits[row.id], now)
+            if (
+                row.deliveries
+                or row.errors
+                or waits
+                or any(o is not SUCCESS for o in attempted.values())
+            ):
+                settled.append((row, self._settlement(row, attempted, waits, now)))
                 continue
             sinks = (self._router.sinks_for(row.topic), tuple(attempted))
             settlement = first_try.get(sinks)
             if settlement is None:
-                settlement = first_try[sinks] = self._settlement(row, attempted, now)
+                settlement = first_try[sinks] = self._settlement(row, attempted, waits, now)
             settled.append((row, settlement))
         return settled
+
+    def _current(self, waits: dict[str, dt.datetime], now: dt.datetime) -> dict[str, dt.datetime]:
+        if not waits or not self._released:
+            return waits
+        return {
+            sink: now if until == HELD_UNTIL and sink in self._released else until
+            for sink, until in waits.items()
+        }
 
     async def aclose(self) -> None:
         """Close every sink; one failing to close does not keep the others open."""
@@ -154,7 +194,11 @@ class FanOut:
         )
 
     def _settlement(
-        self, row: ClaimedRow, outcomes: dict[str, Outcome], now: dt.datetime
+        self,
+        row: ClaimedRow,
+        outcomes: dict[str, Outcome],
+        waits: dict[str, dt.datetime],
+        now: dt.datetime,
     ) -> Settlement:
         return settle_event(
             subscribed=self._router.sinks_for(row.topic),
@@ -163,6 +207,7 @@ class FanOut:
             outcomes=outcomes,
             now=now,
             policy=self._retry,
+            waits=waits,
         )
 
     async def _record(
@@ -176,12 +221,12 @@ class FanOut:
         for (row, _), error in zip(items, errors, strict=True):
             outcome = outcomes[row.id][sink_name] = classify(error)
             self._observer.delivered(row.topic, sink_name, outcome.ok, outcome.permanent, seconds)
-            if isinstance(error, SinkGone) and sink_name not in self.disabled:
+            if isinstance(error, SinkGone) and sink_name not in self.held:
                 await self._disable(sink_name, outcome.error or "gone")
         self._stats.deliveries += len(items)
 
     async def _disable(self, sink_name: str, reason: str) -> None:
-        self.disabled.add(sink_name)
+        self.held.add(sink_name)
         logger.warning("sink %s disabled: %s", sink_name, reason, extra={"sink": sink_name})
         async with self._connector.connection() as conn:
             await self._store.disable_sink(conn, sink_name, reason)

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from outbox.exceptions import DatabaseError
 from outbox.reconnects import reconnect_delay
 from outbox.store import Connection, Connector, Store, close_quietly, describe
+
+SINKS_CHANGED = "sinks"
+"""The payload with which ``outbox.sink_switches`` tells relays to read the switches now."""
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ class Listener:
         poll_interval: float,
         wake: asyncio.Event,
         stopping: asyncio.Event,
+        sinks_changed: Callable[[], None],
     ) -> None:
         self._store = store
         self._connector = connector
@@ -38,6 +43,7 @@ class Listener:
         self._poll_interval = poll_interval
         self._wake = wake
         self._stopping = stopping
+        self._sinks_changed = sinks_changed
         self.listening = False
         """True while the LISTEN connection is up."""
 
@@ -66,6 +72,8 @@ class Listener:
 
     async def _forward_notifications(self, conn: Connection) -> None:
         while not self._stopping.is_set():
-            async for _ in self._store.notifications(conn, seconds=self._poll_interval * 10):
+            async for payload in self._store.notifications(conn, seconds=self._poll_interval * 10):
+                if payload == SINKS_CHANGED:  # a sink paused, resumed, disabled or enabled
+                    self._sinks_changed()
                 self._wake.set()
             await self._store.ping(conn)  # a silent network failure shows up here

@@ -1,9 +1,10 @@
 """Maintenance: what a relay does every ``maintenance_interval`` besides relaying.
 
-Each round, on a connection of its own: reload which sinks are disabled, make rows whose
-lease expired claimable again (their relay died or stalled), delete ``done`` rows older
-than the retention a bounded batch at a time, and, if the observer wants it, sample the
-backlog. A round that reaches the database is what the relay's readiness reports.
+Each round, on a connection of its own: reload which sinks are held (paused or disabled),
+take back the rows of relays that died (an expired lease, a lock-mode batch left in
+outbox_claims: outbox.suspects), delete ``done`` rows older than the retention a bounded
+batch at a time, and, if the observer wants it, sample the backlog. A round that reaches
+the database is what the relay's readiness reports.
 
 No error the server sends ends this task: a step that fails (a data error in retention, a
 statement timeout in recovery) is logged with its name and the next steps still run, so
@@ -15,7 +16,6 @@ failures last.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,12 +42,12 @@ class Maintenance:
         *,
         interval: float,
         retry: RetryPolicy,
-        orphan_grace: float,
+        lease_seconds: float,
         retention_seconds: float,
         retention_batch: int,
         observer: RelayObserver,
         stats: RelayStats,
-        disabled_sinks: Callable[[set[str]], None],
+        held_sinks: Callable[[set[str]], set[str]],
         suspects_waiting: Callable[[], None],
         wake: asyncio.Event,
         stopping: asyncio.Event,
@@ -56,15 +56,21 @@ class Maintenance:
         self._connector = connector
         self._interval = interval
         self._retry = retry
-        self._orphan_grace = orphan_grace
+        self._lease_seconds = lease_seconds
+        # How long a lock-mode relay must have had no connection before its batches are
+        # taken back as a dead relay's: the lease, up to 10 s (a relay only cut off
+        # reconnects well within it).
+        self._orphan_grace = min(lease_seconds, 10.0)
+        self._wake_again: dict[str, float] = {}
         self._retention_seconds = retention_seconds
         self._retention_batch = retention_batch
         self._observer = observer
         self._stats = stats
-        self._disabled_sinks = disabled_sinks
+        self._held_sinks = held_sinks
         self._suspects_waiting = suspects_waiting
         self._wake = wake
         self._stopping = stopping
+        self._poked = asyncio.Event()
         self.database_seen: float | None = None
         """``time.monotonic()`` of the last round that reached the database."""
 
@@ -85,17 +91,30 @@ class Maintenance:
                     wait = max(wait, reconnects.failed(error))
                     if isinstance(error, DatabaseUnavailable):
                         self._log("connection", error)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._stopping.wait()
+                await self._pause(wait)
         finally:  # the relay cancels this task: close on the way out
             await close_quietly(conn)
+
+    def poke(self) -> None:
+        """Start the next round now (a sink was switched: read the switches)."""
+        self._poked.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next round, less if stopping or poked."""
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        poked = asyncio.ensure_future(self._poked.wait())
+        try:
+            await asyncio.wait([stopping, poked], timeout=seconds, return_when="FIRST_COMPLETED")
+        finally:
+            stopping.cancel()
+            poked.cancel()
+        self._poked.clear()
 
     async def _round(self, conn: Connection) -> None:
         """Every step, each on its own: a step's server error is logged and the next step
         runs; a lost connection ends the round. Raises the first error once all have run."""
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("disabled sinks", lambda: self._load_disabled(conn)),
+            ("held sinks", lambda: self._load_held(conn)),
             ("lease recovery", lambda: self._recover(conn)),
             ("crash recovery", lambda: self._recover_dead_claims(conn)),
             ("suspects", lambda: self._look_for_suspects(conn)),
@@ -124,8 +143,22 @@ class Maintenance:
             extra={"relay": self._connector.relay, "step": step},
         )
 
-    async def _load_disabled(self, conn: Connection) -> None:
-        self._disabled_sinks(await self._store.disabled_sinks(conn))
+    async def _load_held(self, conn: Connection) -> None:
+        released = self._held_sinks(await self._store.held_sinks(conn))
+        # Until now this relay held the deliveries of these sinks, perhaps after the switch
+        # made them due: make them due again, now that it knows (decision 11); and once more
+        # a lease later, when every batch it routed before it knew has settled.
+        now = time.monotonic()
+        again = {name for name, at in self._wake_again.items() if at <= now}
+        for name in again:
+            del self._wake_again[name]
+        for name in released:
+            self._wake_again[name] = now + self._lease_seconds
+        released |= again
+        for name in sorted(released):
+            await self._store.wake_sink(conn, name)
+        if released:
+            self._wake.set()
 
     async def _sample_backlog(self, conn: Connection) -> None:
         self._observer.backlog(*await self._store.backlog(conn))

@@ -6,13 +6,14 @@ import dataclasses
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from outbox._identifiers import validate_identifier
 from outbox._queries import for_schema, render
-from outbox.exceptions import MigrationError
+from outbox.exceptions import DatabaseError, DatabaseUnavailable, MigrationError
 
 DEFAULT_SCHEMA = "public"
 DEFAULT_CHANNEL = "outbox"
@@ -106,3 +107,25 @@ def migrate(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
                 ) from error
             conn.execute(_record(schema, migration))
         return pending
+
+
+async def check_migrated(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Raise MigrationError if ``schema`` lacks a migration this version needs: a relay newer
+    than its schema would fail every statement that uses what the migration adds. A schema
+    without outbox_migrations (made by other means) is not checked."""
+    try:
+        cursor = await conn.execute(for_schema(schema)["applied_migrations"])
+        applied = {int(record[0]) for record in await cursor.fetchall()}
+    except psycopg.errors.UndefinedTable:
+        return
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailable(str(error)) from error
+    except psycopg.Error as error:
+        raise DatabaseError(str(error)) from error
+    missing = [m for m in available_migrations() if m.version not in applied]
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise MigrationError(
+            f"schema {schema!r} lacks migration {names}: "
+            "run `outbox migrate` before starting this relay"
+        )

@@ -27,6 +27,10 @@ class ClaimedRow:
     created_at: dt.datetime
     lease_token: uuid.UUID | None
     """None for a row claimed under a row lock (claim mode "lock")."""
+    blocked: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)
+    """Sinks an earlier event of its key has not reached yet, each with when to look again
+    (``outbox.retry.HELD_UNTIL``: not by itself): this claim must not deliver to them
+    (docs/decisions/0011-sinks-held-independently.md)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,3 +54,6 @@ class Settlement:
     deliveries: dict[str, dict[str, Any]]
     errors: list[dict[str, Any]]
     last_error: str | None
+    attempted: bool = True
+    """Whether a sink was called for it: a claim that only found its sinks held, or behind
+    an earlier event of its key, counts no attempt."""

@@ -38,6 +38,7 @@ from outbox.exceptions import DatabaseError, DatabaseUnavailable
 from outbox.fanout import FanOut
 from outbox.listener import Listener
 from outbox.maintenance import Maintenance
+from outbox.migrate import check_migrated
 from outbox.observer import RelayObserver, RelayStats
 from outbox.reconnects import Reconnects
 from outbox.records import Claim, ClaimedRow, Settlement
@@ -59,9 +60,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FIRST_RECHECK = 0.01
-# How long a lock-mode relay must have had no connection before its batches are taken back
-# as a dead relay's: the lease, up to this (a cut-off relay reconnects well within it).
-_ORPHAN_GRACE_CAP = 10.0
 
 ClaimMode = Literal["lease", "lock"]
 CLAIM_MODES: tuple[ClaimMode, ...] = ("lease", "lock")
@@ -149,18 +147,19 @@ class Relay:
             poll_interval=options.poll_interval,
             wake=self._wake,
             stopping=self._stopping,
+            sinks_changed=lambda: self._maintenance.poke(),
         )
         self._maintenance = Maintenance(
             self._store,
             self._connector,
             interval=options.maintenance_interval,
             retry=options.retry,
-            orphan_grace=min(options.lease_seconds, _ORPHAN_GRACE_CAP),
+            lease_seconds=options.lease_seconds,
             retention_seconds=options.retention_seconds,
             retention_batch=options.retention_batch,
             observer=self.observer,
             stats=self.stats,
-            disabled_sinks=self._fanout.set_disabled,
+            held_sinks=self._fanout.set_held,
             suspects_waiting=self._claims.gate.suspects_waiting,
             wake=self._wake,
             stopping=self._stopping,
@@ -197,7 +196,7 @@ class Relay:
         :class:`DatabaseUnavailable` after ``give_up_after`` seconds without progress."""
         self.stats.track_waiting = drain or once
         logger.info("relay %s starting", self.name, extra={"relay": self.name})
-        await self._load_disabled_sinks()
+        await self._load_held_sinks()
         background = []
         if self.options.listen and not once:
             background.append(asyncio.create_task(self._listener.run(), name="outbox-listen"))
@@ -222,14 +221,14 @@ class Relay:
         logger.info("relay %s stopped: %s", self.name, self.stats, extra={"relay": self.name})
         return self.stats
 
-    async def _load_disabled_sinks(self) -> None:
-        # Before the first claim, so that not even one batch goes to a disabled sink; if the
+    async def _load_held_sinks(self) -> None:
+        # Before the first claim, so that not even one batch goes to a held sink; if the
         # database is down or failing now, the maintenance round loads them once it is back. Missing
         # tables or migrations raise MigrationError from here.
         try:
             async with self._connector.connection() as conn:
-                await self._store.check_migrated(conn)
-                self._fanout.set_disabled(await self._store.disabled_sinks(conn))
+                await check_migrated(conn, self.options.schema)
+                self._fanout.set_held(await self._store.held_sinks(conn))
         except DatabaseError:
             pass
 

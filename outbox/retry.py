@@ -13,12 +13,20 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from outbox.exceptions import PermanentError, RetryableError
+from outbox.exceptions import PermanentError, RetryableError, SinkGone
 from outbox.records import Settlement
 
 DELIVERED = "delivered"
 RETRYING = "retrying"
 FAILED = "failed"
+WAITING = "waiting"
+"""Not attempted by the last claim: the sink is held (paused, or disabled by a 410), or an
+earlier event of the key has not reached it yet. No attempt is counted for it; its
+``until`` says when a claim looks at it again."""
+HELD_UNTIL = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+"""A waiting sink's ``until`` when nothing but an operator ends the wait (the sink is held,
+or the event it waits behind failed there): never due by itself; resuming or enabling the
+sink, or retrying that event, makes it due (decision 11)."""
 UNROUTED = "unrouted"
 NO_SINK_KEY = "*"
 MAX_ERROR_LENGTH = 2000
@@ -56,6 +64,9 @@ class Outcome:
     permanent: bool = False
     error: str | None = None
     retry_after: float | None = None
+    gone: bool = False
+    """The sink said it is gone for good (:class:`~outbox.SinkGone`): the attempt counts,
+    and the event waits for the sink to be enabled again, like every other of its events."""
 
 
 SUCCESS = Outcome(ok=True)
@@ -66,6 +77,8 @@ def classify(error: BaseException | None) -> Outcome:
     if error is None:
         return SUCCESS
     text = _describe(error)
+    if isinstance(error, SinkGone):
+        return Outcome(ok=False, error=text, gone=True)
     if isinstance(error, PermanentError):
         return Outcome(ok=False, permanent=True, error=text)
     if isinstance(error, RetryableError):
@@ -85,12 +98,13 @@ def _describe(error: BaseException) -> str:
 def sinks_due(
     subscribed: Sequence[str], deliveries: Mapping[str, Mapping[str, Any]], now: dt.datetime
 ) -> list[str]:
-    """The subscribed sinks this claim must deliver to: not yet acknowledged, not failed,
-    and not asked to wait past ``now``."""
+    """The subscribed sinks this claim may deliver to: not yet acknowledged, not failed,
+    and not asked to wait past ``now`` (a waiting sink is looked at again by every claim)."""
     due = []
     for name in subscribed:
-        state = deliveries.get(name)
-        if state is None or (state.get("status") == RETRYING and _not_before(state) <= now):
+        state = deliveries.get(name) or {}
+        status = state.get("status")
+        if status in (None, WAITING) or (status == RETRYING and _not_before(state) <= now):
             due.append(name)
     return due
 
@@ -111,8 +125,12 @@ def settle_event(
     now: dt.datetime,
     policy: RetryPolicy,
     rng: random.Random | None = None,
+    waits: Mapping[str, dt.datetime] | None = None,
 ) -> Settlement:
-    """Decide an event's next state from this claim's outcomes, one per sink attempted.
+    """Decide an event's next state from this claim's outcomes, one per sink attempted, and
+    ``waits``: sinks due but not attempted, each with when to look again (:data:`HELD_UNTIL`
+    for a held sink: when it is resumed; else the earlier event of its key it waits
+    behind), which wait with no attempt counted.
 
     ``now`` is the database time at settle. Sinks keep their own attempts and wait times, so
     a retry goes only to sinks that have not acknowledged, each when it is due.
@@ -122,6 +140,10 @@ def settle_event(
         return Settlement("done", None, {NO_SINK_KEY: {"status": UNROUTED}}, kept, None)
     new_deliveries = {name: dict(state) for name, state in deliveries.items()}
     new_errors = [dict(error) for error in errors]
+    for name, until in (waits or {}).items():
+        state = new_deliveries.setdefault(name, {"attempts": 0})
+        state.pop("not_before", None)
+        state.update(status=WAITING, until=until.isoformat())
     for name, outcome in outcomes.items():
         state = new_deliveries.setdefault(name, {"attempts": 0})
         state["attempts"] = int(state.get("attempts", 0)) + 1
@@ -136,7 +158,8 @@ def settle_event(
                 }
             )
     new_errors = new_errors[-policy.errors_kept :]
-    return _summarise(subscribed, new_deliveries, new_errors)
+    settlement = _summarise(subscribed, new_deliveries, new_errors, now)
+    return settlement if outcomes else dataclasses.replace(settlement, attempted=False)
 
 
 def _apply_outcome(
@@ -147,10 +170,14 @@ def _apply_outcome(
     rng: random.Random | None,
 ) -> None:
     state.pop("not_before", None)
+    state.pop("until", None)
     if outcome.ok:
         state.update(status=DELIVERED, delivered_at=now.isoformat(), last_error=None)
         return
     state["last_error"] = outcome.error
+    if outcome.gone:
+        state.update(status=WAITING, until=HELD_UNTIL.isoformat())
+        return
     if outcome.permanent or state["attempts"] >= policy.max_attempts:
         state["status"] = FAILED
         return
@@ -162,15 +189,27 @@ def _apply_outcome(
 
 
 def _summarise(
-    subscribed: Iterable[str], deliveries: dict[str, dict[str, Any]], errors: list[dict[str, Any]]
+    subscribed: Iterable[str],
+    deliveries: dict[str, dict[str, Any]],
+    errors: list[dict[str, Any]],
+    now: dt.datetime,
 ) -> Settlement:
     waiting = [deliveries.get(name, {}) for name in subscribed if _unfinished(deliveries.get(name))]
     last_error = errors[-1]["error"] if errors else None
     if waiting:
-        process_at = min(_not_before(state) for state in waiting)
+        process_at = min(_next_look(state, now) for state in waiting)
         return Settlement("pending", process_at, deliveries, errors, last_error)
     failed = any(state.get("status") == FAILED for state in deliveries.values())
     return Settlement("failed" if failed else "done", None, deliveries, errors, last_error)
+
+
+def _next_look(state: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
+    """When a claim should look at this sink of the event again: a retry when it is due, a
+    held sink when it is resumed (never by itself), a sink behind an earlier event of its
+    key at once (the claim takes the event only once that earlier event has reached it)."""
+    if state.get("status") == WAITING:
+        return max(dt.datetime.fromisoformat(state["until"]), now) if "until" in state else now
+    return _not_before(state) if "not_before" in state else now
 
 
 def _unfinished(state: Mapping[str, Any] | None) -> bool:

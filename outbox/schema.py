@@ -115,6 +115,8 @@ sinks = Table(
     Column("name", Text, nullable=False),
     Column("disabled_at", DateTime(timezone=True)),
     Column("disabled_reason", Text),
+    Column("paused_at", DateTime(timezone=True)),
+    Column("paused_reason", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("name", name="outbox_sinks_pkey"),
 )

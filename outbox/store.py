@@ -33,9 +33,8 @@ from psycopg.rows import TupleRow
 
 from outbox import _queries
 from outbox.exceptions import DatabaseError, DatabaseUnavailable, MigrationError
-from outbox.migrate import available_migrations
 from outbox.records import Claim, ClaimedRow, Settlement
-from outbox.retry import RetryPolicy
+from outbox.retry import HELD_UNTIL, RetryPolicy
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -173,17 +172,17 @@ class Store:
         self._recover = statements["recover_expired_leases"]
         self._open_claim = statements["open_claim"]
         self._drop_claim = statements["drop_claim"]
+        self._journal_session = statements["journal_session"]
         self._recover_claims = statements["recover_dead_claims"]
         self._suspects_due = statements["suspects_due"]
-        self._applied_migrations = statements["applied_migrations"]
         self._purge_done = statements["purge_done_events"]
         self._next_due = statements["next_due"]
         self._backlog = statements["pending_backlog"]
         self._fence_holder = statements["fence_holder"]
         self._outstanding = statements["work_outstanding"]
-        self._disabled_sinks = statements["disabled_sinks"]
+        self._held_sinks = statements["held_sinks"]
+        self._wake_sink = statements["wake_sink_deliveries"]
         self._disable_sink = statements["disable_sink"]
-        self._enable_sink = statements["enable_sink"]
         self._ping = statements["listener_ping"]
         self._lock_session = statements["lock_session"]
         self._missing_tables = _DriverErrors(schema)
@@ -226,6 +225,10 @@ class Store:
             record = await cursor.fetchone()
         assert record is not None
         return int(record[0])
+
+    async def prepare_journal_session(self, conn: Connection) -> None:
+        with _DRIVER_ERRORS:
+            await conn.execute(self._journal_session)
 
     async def drop_claim(self, conn: Connection, claim: int) -> None:
         with _DRIVER_ERRORS:
@@ -336,51 +339,32 @@ class Store:
             record = await cursor.fetchone()
         return bool(record and record[0])
 
-    async def check_migrated(self, conn: Connection) -> None:
-        """Raise MigrationError if the schema lacks a migration this version of the relay
-        needs (a schema without outbox_migrations, made by other means, is not checked)."""
-        try:
-            cursor = await conn.execute(self._applied_migrations)
-            applied = {int(record[0]) for record in await cursor.fetchall()}
-        except psycopg.errors.UndefinedTable:
-            return
-        except psycopg.Error as error:
-            raise _translated(error) from error
-        missing = [f"{m.version:04d}_{m.name}" for m in available_migrations()]
-        missing = [name for name in missing if int(name[:4]) not in applied]
-        if missing:
-            raise MigrationError(
-                f"schema {self.schema!r} lacks migration {', '.join(missing)}: "
-                "run `outbox migrate` before starting this relay"
-            )
-
-    async def disabled_sinks(self, conn: Connection) -> set[str]:
-        """The names of the sinks switched off; a MigrationError if the outbox tables are
-        missing (this is the first statement a relay runs)."""
+    async def held_sinks(self, conn: Connection) -> set[str]:
+        """The names of the sinks whose deliveries wait (paused or disabled); a
+        MigrationError if the outbox tables are missing."""
         with self._missing_tables:
-            cursor = await conn.execute(self._disabled_sinks)
+            cursor = await conn.execute(self._held_sinks)
             return {str(record[0]) for record in await cursor.fetchall()}
+
+    async def wake_sink(self, conn: Connection, name: str) -> None:
+        """Make due the pending events that wait for sink ``name`` (no longer held)."""
+        with _DRIVER_ERRORS:
+            await conn.execute(self._wake_sink, {"name": name})
 
     async def disable_sink(self, conn: Connection, name: str, reason: str) -> None:
         with _DRIVER_ERRORS:
             await conn.execute(self._disable_sink, {"name": name, "reason": reason})
-
-    async def enable_sink(self, conn: Connection, name: str) -> bool:
-        """Switch ``name`` back on; False if it was not disabled."""
-        with _DRIVER_ERRORS:
-            cursor = await conn.execute(self._enable_sink, {"name": name})
-        return cursor.rowcount > 0
 
     async def listen(self, conn: Connection, channel: str) -> None:
         """Have NOTIFYs on ``channel`` delivered to ``conn``."""
         with _DRIVER_ERRORS:
             await conn.execute(_queries.render("listen", channel=sql.Identifier(channel)))
 
-    async def notifications(self, conn: Connection, *, seconds: float) -> AsyncIterator[None]:
-        """Yield once for each NOTIFY ``conn`` receives in the next ``seconds``."""
+    async def notifications(self, conn: Connection, *, seconds: float) -> AsyncIterator[str]:
+        """Yield the payload of each NOTIFY ``conn`` receives in the next ``seconds``."""
         with _DRIVER_ERRORS:
-            async for _ in conn.notifies(timeout=seconds):
-                yield None
+            async for notify in conn.notifies(timeout=seconds):
+                yield notify.payload
 
     async def prepare_lock_session(self, conn: Connection, *, lease_seconds: float) -> None:
         """Set what a lock-mode worker's session needs: its batch transaction idles while
@@ -407,13 +391,26 @@ def _claim_of(records: list[TupleRow]) -> Claim:
     rows = [
         ClaimedRow(
             id, topic, key, payload, headers or {}, attempts, deliveries or {},
-            errors or [], created_at, lease_token,
+            errors or [], created_at, lease_token, _blocked(blocked),
         )
         for (id, topic, key, _, headers, attempts, deliveries, errors, created_at,
-             lease_token, _, _), payload in zip(records, payloads, strict=True)
+             lease_token, _, _, blocked), payload in zip(records, payloads, strict=True)
     ]  # fmt: skip
     rows.sort(key=lambda row: row.id)
     return Claim(rows, now, suspect=bool(records[0][11]))
+
+
+def _blocked(found: dict[str, str] | None) -> dict[str, dt.datetime]:
+    """The claim's blocked sinks, each with its time to look again ('infinity': never)."""
+    if not found:
+        return {}
+    return {sink: _until(text) for sink, text in found.items()}
+
+
+def _until(text: str) -> dt.datetime:
+    if text == "infinity":
+        return HELD_UNTIL
+    return min(dt.datetime.fromisoformat(text), HELD_UNTIL)
 
 
 def _alike_params(
@@ -427,6 +424,7 @@ def _alike_params(
         "errors": json.dumps(first.errors),
         "last_error": first.last_error,
         "finished": first.status in ("done", "failed"),
+        "attempted": first.attempted,
     }
 
 
@@ -439,4 +437,5 @@ def _settle_row(row: ClaimedRow, settlement: Settlement) -> dict[str, Any]:
         "deliveries": settlement.deliveries,
         "errors": settlement.errors,
         "last_error": settlement.last_error,
+        "attempted": settlement.attempted,
     }

@@ -153,6 +153,7 @@ class ClaimJournal:
     async def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
             self._conn = await self._connector.connect()
+            await self._store.prepare_journal_session(self._conn)
         return self._conn
 
     async def _close(self) -> None:

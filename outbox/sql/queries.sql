@@ -12,13 +12,6 @@
 -- shared: fragments and statements that the relay and the admin both use
 -- ===========================================================================================
 
--- fragment: key_not_parked
--- The row `e` is not parked: it has no key, or no earlier event of its key failed
--- (outbox_events_key_idx).
-(e.key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM {table} AS f
-    WHERE f.key = e.key AND f.id < e.id AND f.status = 'failed'))
-
 -- name: disabled_sinks
 -- Sinks switched off by an operator or a 410 Gone, with when and why (primary key of
 -- outbox_sinks, a handful of rows).
@@ -50,21 +43,62 @@ WHERE disabled_at IS NOT NULL ORDER BY name
         SELECT p.transaction FROM pg_prepared_xact() AS p
         WHERE p.dbid <> (SELECT oid FROM pg_database WHERE datname = current_database()))))
 
+-- fragment: sink_blocked
+-- Whether sink d.key of the keyed row `e` waits for an earlier event of its key: one that
+-- is not done and has not delivered to that sink (decision 11: per-key order is per sink;
+-- an earlier event's failure parks the key for the sinks it failed at, and only for them)
+-- (outbox_events_key_idx).
+EXISTS (
+    SELECT 1 FROM {table} AS earlier
+    WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done'
+      AND earlier.deliveries -> d.key ->> 'status' <> 'delivered')
+
+-- fragment: deliverable
+-- Whether the pending row `e` has something a claim can deliver now (decision 11). An
+-- unkeyed row always. A keyed row only if no earlier event of its key is still unrouted
+-- (never claimed: which sinks it goes to is not known yet), and then either it is unrouted
+-- itself or one of its sinks is due (waiting, or retrying and past its time) and not
+-- blocked by an earlier event of its key (outbox_events_key_idx).
+(e.key IS NULL OR (
+    NOT EXISTS (
+        SELECT 1 FROM {table} AS earlier
+        WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done'
+          AND earlier.deliveries = '{{}}'::jsonb)
+    AND (e.deliveries = '{{}}'::jsonb OR EXISTS (
+        SELECT 1 FROM jsonb_each(e.deliveries) AS d
+        WHERE (d.value ->> 'status' = 'waiting'
+               OR (d.value ->> 'status' = 'retrying'
+                   AND COALESCE((d.value ->> 'not_before')::timestamptz <= now(), true)))
+          AND NOT {sink_blocked}))))
+
+-- fragment: blocked_sinks
+-- For the claimed keyed row `e`, the sinks an earlier event of its key has not reached yet
+-- (as sink_blocked), each with when to look again: at the earlier event's retry, when that
+-- event is next due (its own sinks waiting), or never by itself ('infinity': it failed
+-- there, parking the key for that sink until an operator retries it). A JSON object; NULL
+-- for an unkeyed row or one blocked nowhere (outbox_events_key_idx).
+(SELECT jsonb_object_agg(b.sink, b.until) FROM (
+    SELECT d.key AS sink,
+           max(CASE d.value ->> 'status'
+                   WHEN 'failed' THEN 'infinity'::timestamptz
+                   WHEN 'retrying' THEN (d.value ->> 'not_before')::timestamptz
+                   ELSE earlier.process_at END) AS until
+    FROM {table} AS earlier CROSS JOIN LATERAL jsonb_each(earlier.deliveries) AS d
+    WHERE e.key IS NOT NULL AND earlier.key = e.key AND earlier.id < e.id
+      AND earlier.status <> 'done' AND d.value ->> 'status' <> 'delivered'
+    GROUP BY d.key) AS b)
+
 -- fragment: claimable
 -- The conditions a due row `e` meets to be claimed: pending and due
--- (outbox_events_pending_idx, outbox_events_suspect_idx), and not in a lock-mode batch still
+-- (outbox_events_pending_idx, outbox_events_suspect_idx), not in a lock-mode batch still
 -- recorded in outbox_claims (one hashed subplan per statement: that batch's relay is alive
--- and holds the row, or died and its rows wait for recover_dead_claims); a keyed row only if
--- no earlier row of its key is unfinished (outbox_events_key_idx) and it is past the key
--- fence above.
+-- and holds the row, or died and its rows wait for recover_dead_claims), deliverable
+-- (above), and a keyed row only past the key fence.
 e.status = 'pending'
   AND e.process_at <= now()
   AND e.id NOT IN (SELECT unnest(c.event_ids) FROM {claims} AS c)
-  AND (e.key IS NULL OR (
-        {key_fence}
-        AND NOT EXISTS (
-            SELECT 1 FROM {table} AS earlier
-            WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')))
+  AND {deliverable}
+  AND (e.key IS NULL OR {key_fence})
 
 -- fragment: due_rows
 -- The rows a claim takes, as two CTEs: `suspect`, one row that was in flight when a relay
@@ -102,7 +136,7 @@ FROM claimed
 WHERE e.id = claimed.id
 RETURNING e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attempts,
           NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
-          e.created_at, e.lease_token, now(), e.suspect
+          e.created_at, e.lease_token, now(), e.suspect, {blocked_sinks}
 
 -- name: claim_locked
 -- Claim a batch under row locks (claim_mode "lock"): the due rows, read and locked inside
@@ -129,13 +163,16 @@ SELECT * FROM suspect UNION ALL SELECT * FROM due
 -- What claim_locked reads of each row, in the order the store expects.
 e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attempts + 1,
 NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb), e.created_at, NULL::uuid,
-now(), e.suspect
+now(), e.suspect, {blocked_sinks}
 
 -- name: settle_leased
 -- Settle a batch in one statement. The compare-and-set on lease token means a relay whose
--- lease expired (and whose rows another relay reclaimed) changes nothing. Primary key.
+-- lease expired (and whose rows another relay reclaimed) changes nothing. The claim counted
+-- an attempt: given back for a row no sink was called for (held, or behind an earlier event
+-- of its key). Primary key.
 UPDATE {table} AS e
 SET status = s.status,
+    attempts = e.attempts - (NOT s.attempted)::int,
     process_at = COALESCE(s.process_at, e.process_at),
     deliveries = s.deliveries,
     errors = s.errors,
@@ -147,19 +184,20 @@ SET status = s.status,
     suspect = false
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, token uuid, status text, process_at timestamptz,
-    deliveries jsonb, errors jsonb, last_error text)
+    deliveries jsonb, errors jsonb, last_error text, attempted boolean)
 WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
 RETURNING e.id
 
 -- name: settle_locked
 -- Settle a batch claimed under row locks, in the transaction that holds them: the lock
--- guarantees ownership, so no lease token is compared; the attempt is counted here. The
+-- guarantees ownership, so no lease token is compared; the attempt is counted here (if a
+-- sink was called for the row). The
 -- settle's own start time for done_at, not now(): the transaction began at the claim. The
 -- batch's record in outbox_claims goes in the same commit (see open_claim). Primary keys.
 WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s)
 UPDATE {table} AS e
 SET status = s.status,
-    attempts = e.attempts + 1,
+    attempts = e.attempts + s.attempted::int,
     process_at = COALESCE(s.process_at, e.process_at),
     deliveries = s.deliveries,
     errors = s.errors,
@@ -171,7 +209,7 @@ SET status = s.status,
     suspect = false
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, status text, process_at timestamptz,
-    deliveries jsonb, errors jsonb, last_error text)
+    deliveries jsonb, errors jsonb, last_error text, attempted boolean)
 WHERE e.id = s.id AND e.status = 'pending'
 RETURNING e.id
 
@@ -182,7 +220,7 @@ RETURNING e.id
 WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s)
 UPDATE {table} AS e
 SET status = %(status)s,
-    attempts = e.attempts + 1,
+    attempts = e.attempts + %(attempted)s::int,
     process_at = COALESCE(%(process_at)s, e.process_at),
     deliveries = CAST(%(deliveries)s AS jsonb),
     errors = CAST(%(errors)s AS jsonb),
@@ -257,6 +295,12 @@ RETURNING e.id, e.status, x.charged
 -- (recover_dead_claims); the batch's settle deletes it in the commit. Primary key.
 INSERT INTO {claims} (event_ids, suspect) VALUES (%(ids)s, %(suspect)s) RETURNING id
 
+-- name: journal_session
+-- The claim journal's connection commits without waiting for the WAL flush: a record lost
+-- with the server is never needed (the server's crash rolled its batch back too), and a
+-- flush per batch would double a lock-mode batch's commits (no table).
+SELECT set_config('synchronous_commit', 'off', false)
+
 -- name: drop_claim
 -- Forget a lock-mode batch that ended without a commit while its relay lives (primary key).
 DELETE FROM {claims} WHERE id = %(claim)s
@@ -325,13 +369,18 @@ SELECT count(*),
 FROM {table} WHERE status = 'pending'
 
 -- name: work_outstanding
--- Whether work is left for a draining relay: rows in flight, or due rows whose key is not
--- parked behind a failed event (outbox_events_processing_idx, outbox_events_pending_idx).
+-- Whether work is left for a draining relay: rows in flight, or due rows with something
+-- deliverable (not only sinks held, or parked behind a failed event, decision 11)
+-- (outbox_events_processing_idx, outbox_events_pending_idx).
 SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'processing')
     OR EXISTS (
         SELECT 1 FROM {table} AS e
-        WHERE e.status = 'pending' AND e.process_at <= now()
-          AND {key_not_parked})
+        WHERE e.status = 'pending' AND e.process_at <= now() AND {deliverable})
+
+-- name: held_sinks
+-- The sinks whose deliveries wait: paused by an operator, or disabled (primary key of
+-- outbox_sinks, a handful of rows).
+SELECT name FROM {sinks} WHERE disabled_at IS NOT NULL OR paused_at IS NOT NULL
 
 -- name: disable_sink
 -- Switch a sink off, keeping the first reason if it already is (primary key of outbox_sinks).
@@ -341,10 +390,61 @@ SET disabled_at = COALESCE({sinks}.disabled_at, now()),
     disabled_reason = COALESCE({sinks}.disabled_reason, EXCLUDED.disabled_reason),
     updated_at = now()
 
+-- fragment: waiting_for_sink
+-- The pending row `e` waits, not due before a while, for the sink %(name)s (decision 11):
+-- held for it, or behind such an event in its key.
+e.status = 'pending' AND e.process_at > now()
+  AND e.deliveries -> %(name)s ->> 'status' = 'waiting'
+
+-- name: wake_sink_deliveries
+-- Make due now the events waiting for sink %(name)s: a relay that learns a sink it held is
+-- switched back on runs this, since it may have held them again after the switch woke
+-- them. A scan of the pending rows (outbox_events_pending_idx).
+UPDATE {table} AS e SET process_at = now() WHERE {waiting_for_sink}
+
+-- fragment: wake_sink
+-- A CTE: once the sink %(name)s is held no more (`switched` returns whether it is free),
+-- the events waiting for it look again now. A scan of the pending rows
+-- (outbox_events_pending_idx).
+woken AS (
+    UPDATE {table} AS e SET process_at = now()
+    FROM switched
+    WHERE switched.free AND {waiting_for_sink})
+
 -- name: enable_sink
--- Switch a sink back on (primary key of outbox_sinks).
-UPDATE {sinks} SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
-WHERE name = %(name)s AND disabled_at IS NOT NULL
+-- Switch a sink back on (primary key of outbox_sinks); its waiting deliveries flow unless it
+-- is paused too. One row when it was disabled.
+WITH switched AS (
+    UPDATE {sinks} SET disabled_at = NULL, disabled_reason = NULL, updated_at = now()
+    WHERE name = %(name)s AND disabled_at IS NOT NULL
+    RETURNING paused_at IS NULL AS free
+), {wake_sink}
+SELECT 1 FROM switched
+
+-- name: pause_sink
+-- Pause a sink, keeping the first pause's time and reason (primary key of outbox_sinks). One
+-- row, true when it was not paused before.
+INSERT INTO {sinks} (name, paused_at, paused_reason) VALUES (%(name)s, now(), %(reason)s)
+ON CONFLICT (name) DO UPDATE
+SET paused_at = COALESCE({sinks}.paused_at, now()),
+    paused_reason = COALESCE({sinks}.paused_reason, EXCLUDED.paused_reason),
+    updated_at = now()
+RETURNING paused_at = now()
+
+-- name: resume_sink
+-- Resume a paused sink (primary key of outbox_sinks); its waiting deliveries flow unless it
+-- is disabled too. One row when it was paused.
+WITH switched AS (
+    UPDATE {sinks} SET paused_at = NULL, paused_reason = NULL, updated_at = now()
+    WHERE name = %(name)s AND paused_at IS NOT NULL
+    RETURNING disabled_at IS NULL AS free
+), {wake_sink}
+SELECT 1 FROM switched
+
+-- name: sinks_changed
+-- Tell the relays listening on the channel to read the sinks' switches now (payload 'sinks';
+-- no table).
+SELECT pg_notify(%(channel)s, 'sinks')
 
 -- name: listen
 -- Have NOTIFYs on {channel}, the channel publish notifies, delivered to this connection (no
@@ -403,14 +503,15 @@ SELECT now()
 SELECT topic, status, count(*) FROM {table} GROUP BY topic, status ORDER BY topic, status
 
 -- name: event_lag
--- The lag: the due pending event that has waited longest, leaving out rows parked behind a
--- failed event of their key, which wait for an operator and not for a relay
--- (outbox_events_pending_idx; outbox_events_key_idx for the parked check).
+-- The lag: the due pending event that has waited longest, leaving out rows with nothing
+-- deliverable (parked behind a failed event of their key, or waiting on a held sink), which
+-- wait for an operator and not for a relay (outbox_events_pending_idx;
+-- outbox_events_key_idx for the deliverable check).
 SELECT count(*) OVER (), e.id, e.topic, e.process_at, e.created_at,
        EXTRACT(EPOCH FROM now() - e.process_at)::float8
 FROM {table} AS e
 WHERE e.status = 'pending' AND e.process_at <= now()
-  AND {key_not_parked}
+  AND {deliverable}
 ORDER BY e.process_at, e.id
 LIMIT 1
 
@@ -519,8 +620,9 @@ SELECT count(*), COALESCE(max(e.id), 0) FROM {table} AS e WHERE {event_filters}
 -- Retry failed events: pending again, due now, claim and crash counters reset (a suspect
 -- stays one: it goes alone). Without a sink every sink that had not acknowledged starts
 -- over; with one, only that sink. Delivered sinks stay delivered, so they never see the
--- event twice (primary key, via the batch).
-WITH batch AS ({repair_batch})
+-- event twice (primary key, via the batch; outbox_events_key_idx for later events of the
+-- retried keys).
+WITH batch AS ({repair_batch}), retried AS (
 UPDATE {table} AS e
 SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0, crashes = 0,
     deliveries = CASE
@@ -536,7 +638,15 @@ SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0, crashe
     END
 FROM batch
 WHERE e.id = batch.id
-RETURNING e.id
+RETURNING e.id, e.key
+), woken AS (
+    -- Later events of a retried key that waited behind it for a sink it had failed at
+    -- (process_at 'never') look again now (decision 11). Both see the statement's snapshot,
+    -- so the retried rows themselves (failed in it) are not touched twice.
+    UPDATE {table} AS w SET process_at = now()
+    FROM (SELECT key, min(id) AS id FROM retried WHERE key IS NOT NULL GROUP BY key) AS r
+    WHERE w.key = r.key AND w.id > r.id AND w.status = 'pending' AND w.process_at > now())
+SELECT id FROM retried
 
 -- name: replay_batch
 -- Replay done events: pending again, due now, claim and crash counters reset, and the chosen

@@ -262,11 +262,12 @@ def test_status_json(database_url: str, workdir: Path, busy: dict[str, int]) -> 
         "user.deleted": {"pending": 1, "processing": 0, "done": 0, "failed": 0},
     }
     assert report["totals"] == {"pending": 4, "processing": 2, "done": 1, "failed": 1}
-    # The two events behind the parked key are due but wait for an operator, not a relay:
-    # the lag is the retrying event's hour, and only it and user.deleted count as due.
+    # Of the two events behind the parked key, the first is due: a relay routes it and
+    # delivers it to the sinks the failed event did not fail at (decision 11); the second
+    # waits until the first is routed. The lag is the retrying event's hour.
     lag = report["lag"]
     assert lag["event_id"] == busy["retrying"]
-    assert lag["due"] == 2
+    assert lag["due"] == 3
     assert 3500 < lag["seconds"] < 3700
     assert report["parked_keys"] == 1
     assert report["parked"] == [
@@ -332,7 +333,7 @@ def test_status_text(database_url: str, workdir: Path, busy: dict[str, int]) -> 
     assert "order.paid 1 0 1 1" in [" ".join(line.split()) for line in lines]
     assert "total 4 2 1 1" in [" ".join(line.split()) for line in lines]
     out = result.stdout
-    assert "lag: 1.0h (2 due" in out
+    assert "lag: 1.0h (3 due" in out
     assert f"longest waiting: event {busy['retrying']}" in out
     assert "parked keys: 1" in out
     assert f"cust-1: event {busy['parked']} (order.paid) failed, 2 waiting" in out

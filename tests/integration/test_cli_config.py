@@ -367,24 +367,21 @@ def test_relay_skips_a_disabled_sink(
     (first,) = publish(database_url, "order.created")
 
     result = run(tmp_path, "relay", "--drain", *switch)
-    assert result.returncode == 3, result.stderr  # --drain: an event it handled failed
+    assert result.returncode == 3, result.stderr  # --drain: an event it handled waits
     assert not (tmp_path / "called.txt").exists(), "a disabled sink was called"
-    ((status, last_error, deliveries),) = fetch(
-        database_url, "SELECT status, last_error, deliveries FROM outbox_events"
-    )
-    assert status == "failed"
-    assert "disabled" in last_error
-    assert deliveries["cache"]["status"] == "failed"
-    assert "disabled" in deliveries["cache"]["last_error"]
+    ((status, deliveries),) = fetch(database_url, "SELECT status, deliveries FROM outbox_events")
+    assert status == "pending"
+    assert (deliveries["cache"]["status"], deliveries["cache"]["attempts"]) == ("waiting", 0)
     assert deliveries["trail"]["status"] == "delivered"  # the other sink is not held back
     trail = (tmp_path / "events.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in trail] == [first]
 
+    # Enabled again: the waiting event flows without a retry, before the next one.
     assert invoke(tmp_path, monkeypatch, "sinks", "enable", "cache", *switch).exit_code == 0
     (second,) = publish(database_url, "order.paid")
     result = run(tmp_path, "relay", "--drain", *switch)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "called.txt").read_text().split() == [str(second)]
+    assert (tmp_path / "called.txt").read_text().split() == [str(first), str(second)]
 
 
 def test_relay_on_an_unmigrated_database_says_to_migrate(
@@ -414,3 +411,34 @@ def test_relay_without_subscriptions_refuses_to_start(tmp_path: Path, database_u
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT status FROM outbox_events WHERE id = %s", [event.id]).fetchone()
     assert row == ("pending",)  # not marked done as unrouted
+
+
+def test_sinks_pause_and_resume_from_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    relay_config(tmp_path, SWITCHABLE)
+    (tmp_path / "handlers.py").write_text(HANDLERS, encoding="utf-8")
+    switch = ("--config", "outbox.toml", "--database-url", database_url)
+    paused = invoke(
+        tmp_path, monkeypatch, "sinks", "pause", "cache", "--reason", "upgrade", *switch
+    )
+    assert (paused.exit_code, paused.output.strip()) == (0, "sink cache paused")
+    again = invoke(tmp_path, monkeypatch, "sinks", "pause", "cache", *switch)
+    assert again.output.strip() == "sink cache was already paused"
+    assert fetch(database_url, "SELECT paused_reason FROM outbox_sinks") == [("upgrade",)]
+    (first,) = publish(database_url, "order.created")
+
+    result = run(tmp_path, "relay", "--drain", *switch)
+    assert result.returncode == 3, result.stderr  # --drain: an event it handled waits
+    assert not (tmp_path / "called.txt").exists(), "a paused sink was called"
+
+    resumed = invoke(tmp_path, monkeypatch, "sinks", "resume", "cache", *switch)
+    assert (resumed.exit_code, resumed.output.strip()) == (0, "sink cache resumed")
+    result = run(tmp_path, "relay", "--drain", *switch)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "called.txt").read_text().split() == [str(first)]
+    ((deliveries,),) = fetch(database_url, "SELECT deliveries FROM outbox_events")
+    assert deliveries["cache"]["attempts"] == 1  # the pause counted none
+    unknown = invoke(tmp_path, monkeypatch, "sinks", "pause", "nope", *switch)
+    assert unknown.exit_code == 2
+    assert "no sink named 'nope'" in unknown.output

@@ -361,6 +361,8 @@ async def test_a_failed_keyed_event_parks_its_key_only(database_url: str, db: Db
     held = await row(db, parked)
     assert held["status"] == "pending"
     assert held["attempts"] == 0
+    # Parked for the sink the poison failed at, and only for it (decision 11).
+    assert held["deliveries"]["sink"]["status"] == "waiting"
 
 
 # -- leases ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The relay delivering through the webhook sink to a real HTTP server on 127.0.0.1:
 signatures checked by the standardwebhooks package's own verifier, retries, permanent
-failures, Retry-After, and a 410 that disables the sink until it is enabled again."""
+failures, Retry-After, and a 410 that disables the sink: its events wait until it is
+enabled again."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from outbox.relay import Relay
 from outbox.routing import Subscription
 from outbox.runtime import relay_options
 from outbox.settings import SinkSettings
-from outbox.store import Store
+from outbox.sink_switches import Switches
 
 DEADLINE = 20.0
 
@@ -198,13 +199,15 @@ async def test_status_answers_end_to_end(database_url: str, receiver: Receiver) 
     assert rows[fine][0] == "done"
 
 
-async def test_410_disables_the_sink_until_enabled(database_url: str, receiver: Receiver) -> None:
+async def test_410_disables_the_sink_and_its_events_wait_until_it_is_enabled(
+    database_url: str, receiver: Receiver
+) -> None:
     receiver.answer = lambda body, count: (410, {})
     [gone] = _publish(database_url, {"n": 1})
     await _run_until(
-        _relay(database_url, receiver.url, _secret()), _settled(database_url, [gone]), "the 410"
+        _relay(database_url, receiver.url, _secret()), _waiting(database_url, [gone]), "the 410"
     )
-    assert _rows(database_url, [gone])[gone][0] == "failed"
+    assert _rows(database_url, [gone])[gone][0] == "pending"
     with psycopg.connect(database_url) as conn:
         disabled = conn.execute(
             "SELECT disabled_at, disabled_reason FROM outbox_sinks WHERE name = 'hooks'"
@@ -213,22 +216,39 @@ async def test_410_disables_the_sink_until_enabled(database_url: str, receiver: 
     assert disabled[0] is not None
     assert "410" in disabled[1]
 
-    # While disabled, a new relay fails the sink's deliveries at once, without a request.
+    # While disabled, a new relay sends nothing: the event waits, counting no attempt.
     receiver.answer = lambda body, count: (204, {})
     [later] = _publish(database_url, {"n": 2})
     await _run_until(
-        _relay(database_url, receiver.url, _secret()), _settled(database_url, [later]), "the skip"
+        _relay(database_url, receiver.url, _secret()), _waiting(database_url, [later]), "the hold"
     )
-    status, error, _ = _rows(database_url, [later])[later]
-    assert status == "failed"
-    assert "disabled" in (error or "")
+    status, _, deliveries = _rows(database_url, [later])[later]
+    assert status == "pending"
+    assert deliveries["hooks"]["status"] == "waiting"
+    assert deliveries["hooks"]["attempts"] == 0
     assert receiver.for_event(later) == []
 
+    # Enabled again: both flow, with no `outbox retry`.
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        assert await Store().enable_sink(conn, "hooks")
+        assert await Switches().enable(conn, "hooks")
     [after] = _publish(database_url, {"n": 3})
     await _run_until(
-        _relay(database_url, receiver.url, _secret()), _settled(database_url, [after]), "delivery"
+        _relay(database_url, receiver.url, _secret()),
+        _settled(database_url, [gone, later, after]),
+        "delivery",
     )
-    assert _rows(database_url, [after])[after][0] == "done"
-    assert len(receiver.for_event(after)) == 1
+    rows = _rows(database_url, [gone, later, after])
+    assert {event_id: row[0] for event_id, row in rows.items()} == dict.fromkeys(
+        (gone, later, after), "done"
+    )
+    assert [len(receiver.for_event(i)) for i in (gone, later, after)] == [2, 1, 1]
+
+
+def _waiting(database_url: str, ids: list[int]) -> Callable[[], bool]:
+    def check() -> bool:
+        rows = _rows(database_url, ids)
+        return all(
+            (row[2] or {}).get("hooks", {}).get("status") == "waiting" for row in rows.values()
+        )
+
+    return check

@@ -157,7 +157,9 @@ def test_a_permanent_error_is_permanent() -> None:
     assert not outcome.ok
     assert outcome.permanent
     assert outcome.error == "PermanentError: bad request"
-    assert classify(SinkGone("410")).permanent
+    # Gone is not a failure of the event: it waits for the sink to be enabled (decision 11).
+    gone = classify(SinkGone("410"))
+    assert (gone.ok, gone.permanent, gone.gone) == (False, False, True)
 
 
 def test_any_other_exception_is_retryable() -> None:

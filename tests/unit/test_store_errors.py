@@ -50,7 +50,7 @@ async def test_any_other_driver_error_is_a_database_error() -> None:
 async def test_a_missing_table_at_start_says_to_migrate() -> None:
     error = psycopg.errors.UndefinedTable('relation "app.outbox_sinks" does not exist')
     with pytest.raises(MigrationError, match="schema 'app'") as raised:
-        await Store("app").disabled_sinks(failing(error))
+        await Store("app").held_sinks(failing(error))
     assert raised.value.__cause__ is error
     # Elsewhere a missing table is a database error like any other.
     with pytest.raises(DatabaseError):

@@ -1,0 +1,237 @@
+"""Sinks never hold each other back (issue 12; docs/decisions/0011-sinks-held-independently.md).
+
+One relay, four sinks on every event: a healthy one; one failing every delivery (retryable);
+one paused by an operator; a webhook whose real local receiver answers 410 Gone, which
+disables it. The healthy sink must receive every event of every key, in per-key order, as
+if the others did not exist; the paused sink must be attempted for nothing. Once the failing
+sink recovers, the paused one is resumed and the gone one enabled, each must receive every
+event in per-key order, and the healthy sink nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psycopg
+import pytest
+
+import outbox
+from outbox.exceptions import RetryableError
+from outbox.plugins import build_sinks, make_plugin_manager, sink_types
+from outbox.relay import Relay
+from outbox.routing import Subscription
+from outbox.runtime import relay_options
+from outbox.settings import SinkSettings
+from outbox.sink_switches import Switches
+from outbox.sinks import Event, Sink
+
+DEADLINE = 60.0
+KEYS = 8
+EVENTS = 120
+
+
+class Recording(Sink):
+    """Records the ids it accepted, in order; fails every delivery while ``failing``."""
+
+    def __init__(self, *, failing: bool = False) -> None:
+        super().__init__()
+        self.failing = failing
+        self.accepted: list[int] = []
+        self.calls = 0
+
+    async def deliver(self, event: Event) -> None:
+        self.calls += 1
+        if self.failing:
+            raise RetryableError("down for maintenance")
+        self.accepted.append(event.id)
+
+
+class GoneReceiver:
+    """An HTTP receiver on 127.0.0.1 answering ``status`` and recording accepted event ids."""
+
+    def __init__(self) -> None:
+        self.status = 410
+        self.accepted: list[int] = []
+        self.requests = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                receiver.requests += 1
+                status = receiver.status
+                if status < 300:
+                    receiver.accepted.append(int(self.headers["webhook-id"]))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+
+@pytest.fixture
+def gone_receiver() -> Iterator[GoneReceiver]:
+    receiver = GoneReceiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+@dataclasses.dataclass
+class Fleet:
+    healthy: Recording
+    failing: Recording
+    paused: Recording
+    receiver: GoneReceiver
+
+    def received(self) -> dict[str, list[int]]:
+        return {
+            "healthy": self.healthy.accepted,
+            "failing": self.failing.accepted,
+            "paused": self.paused.accepted,
+            "gone": self.receiver.accepted,
+        }
+
+
+def _relay(database_url: str, fleet: Fleet, claim_mode: str) -> Relay:
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    webhook = SinkSettings(
+        type="webhook", url=fleet.receiver.url, secret=secret, allowed_networks=["127.0.0.1/32"]
+    )
+    sinks: dict[str, Sink] = dict(
+        build_sinks({"gone": webhook}, sink_types(make_plugin_manager(entry_points=False)))
+    )
+    sinks.update(healthy=fleet.healthy, failing=fleet.failing, paused=fleet.paused)
+    options = relay_options(
+        claim_mode=claim_mode,
+        poll_interval=0.05,
+        maintenance_interval=0.1,
+        lease_seconds=10,
+        delivery_timeout=5,
+        retry=dataclasses.replace(
+            relay_options().retry, max_attempts=1000, base_seconds=0.01, cap_seconds=0.1
+        ),
+    )
+    return Relay(database_url, sinks, [Subscription(("order.#",), tuple(sinks))], options)
+
+
+@contextlib.asynccontextmanager
+async def _running(relay: Relay) -> AsyncIterator[asyncio.Task[Any]]:
+    task = asyncio.create_task(relay.run())
+    try:
+        yield task
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, DEADLINE)
+
+
+async def _until(task: asyncio.Task[Any], check: Any, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        if task.done():
+            task.result()
+            raise AssertionError(f"the relay stopped before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {_describe_state()}")
+        await asyncio.sleep(0.05)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _describe_state() -> str:
+    fleet, url = _STATE.get("fleet"), _STATE.get("url")
+    if fleet is None or url is None:
+        return ""
+    counts = {name: len(set(ids)) for name, ids in fleet.received().items()}
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, key, status, process_at, deliveries FROM outbox_events "
+            "WHERE status <> 'done' ORDER BY id LIMIT 5"
+        ).fetchall()
+    return f"{counts}; first unfinished: {rows}"
+
+
+def _publish(database_url: str) -> dict[str, list[int]]:
+    """EVENTS events over KEYS keys, in transactions of ten; the ids of each key, in order."""
+    by_key: dict[str, list[int]] = collections.defaultdict(list)
+    with psycopg.connect(database_url) as conn:
+        for first in range(0, EVENTS, 10):
+            with conn.transaction():
+                for n in range(first, first + 10):
+                    key = f"key-{n % KEYS}"
+                    event = outbox.publish(conn, "order.placed", {"n": n}, key=key)
+                    assert event.id is not None
+                    by_key[key].append(event.id)
+    return by_key
+
+
+def _in_key_order(received: list[int], by_key: dict[str, list[int]]) -> bool:
+    """Whether each key's events were received in id order (first receipts)."""
+    position = {event_id: n for n, event_id in enumerate(dict.fromkeys(received))}
+    return all(
+        sorted(ids, key=lambda i: position.get(i, 1 << 30)) == ids for ids in by_key.values()
+    )
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("claim_mode", ["lease", "lock"])
+async def test_a_failing_a_paused_and_a_gone_sink_hold_back_only_themselves(
+    database_url: str, gone_receiver: GoneReceiver, claim_mode: str
+) -> None:
+    fleet = Fleet(Recording(), Recording(failing=True), Recording(), gone_receiver)
+    _STATE.update(fleet=fleet, url=database_url)
+    switches = Switches()
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        assert await switches.pause(conn, "paused", "testing")
+    by_key = _publish(database_url)
+    every = sorted(i for ids in by_key.values() for i in ids)
+
+    relay = _relay(database_url, fleet, claim_mode)
+    async with _running(relay) as task:
+        await _until(task, lambda: len(fleet.healthy.accepted) == EVENTS, "the healthy sink")
+        assert sorted(fleet.healthy.accepted) == every
+        assert _in_key_order(fleet.healthy.accepted, by_key)
+        assert fleet.paused.calls == 0, "a paused sink was attempted"
+        assert fleet.failing.calls > 0
+        with psycopg.connect(database_url) as conn:
+            held = conn.execute(
+                "SELECT deliveries -> 'paused' FROM outbox_events ORDER BY id"
+            ).fetchall()
+        assert {(state["status"], state["attempts"]) for (state,) in held} == {("waiting", 0)}
+
+        # Recovery, resume and enable: every held delivery flows, in per-key order.
+        fleet.failing.failing = False
+        gone_receiver.status = 204
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            assert await switches.resume(conn, "paused")
+            assert await switches.enable(conn, "gone")
+        await _until(
+            task,
+            lambda: all(len(set(ids)) == EVENTS for ids in fleet.received().values()),
+            "every sink to have every event",
+        )
+        with psycopg.connect(database_url) as conn:
+            statuses = conn.execute("SELECT DISTINCT status FROM outbox_events").fetchall()
+
+    assert statuses == [("done",)]
+    for name, received in fleet.received().items():
+        assert sorted(set(received)) == every, name
+        assert _in_key_order(received, by_key), f"{name} broke per-key order"
+    assert len(fleet.healthy.accepted) == EVENTS, "the healthy sink got an event twice"
