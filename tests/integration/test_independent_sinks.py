@@ -26,7 +26,8 @@ import psycopg
 import pytest
 
 import outbox
-from outbox.exceptions import RetryableError
+from outbox import admin
+from outbox.exceptions import PermanentError, RetryableError
 from outbox.plugins import build_sinks, make_plugin_manager, sink_types
 from outbox.relay import Relay
 from outbox.routing import Subscription
@@ -235,3 +236,58 @@ async def test_a_failing_a_paused_and_a_gone_sink_hold_back_only_themselves(
         assert sorted(set(received)) == every, name
         assert _in_key_order(received, by_key), f"{name} broke per-key order"
     assert len(fleet.healthy.accepted) == EVENTS, "the healthy sink got an event twice"
+
+
+class Refusing(Recording):
+    """Refuses (permanently) every event whose payload says so, while ``refusing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = True
+
+    async def deliver(self, event: Event) -> None:
+        self.calls += 1
+        if self.refusing and event.payload.get("refuse"):
+            raise PermanentError("refused")
+        self.accepted.append(event.id)
+
+
+@pytest.mark.timeout(120)
+async def test_a_failed_event_parks_its_key_for_that_sink_only_until_it_is_retried(
+    database_url: str,
+) -> None:
+    picky, easy = Refusing(), Recording()
+    sinks: dict[str, Sink] = {"picky": picky, "easy": easy}
+    options = relay_options(poll_interval=0.05, maintenance_interval=0.1)
+    relay = Relay(database_url, sinks, [Subscription(("order.#",), tuple(sinks))], options)
+    with psycopg.connect(database_url) as conn:
+        ids = [
+            outbox.publish(conn, "order.placed", {"refuse": n == 0}, key="k").id for n in range(3)
+        ]
+    first, *later = ids
+
+    def states() -> list[tuple[str, str]]:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT status, deliveries -> 'picky' ->> 'status' FROM outbox_events ORDER BY id"
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    async with _running(relay) as task:
+        await _until(task, lambda: easy.accepted == ids, "the easy sink to get every event")
+        await _until(
+            task,
+            lambda: (
+                states() == [("failed", "failed"), ("pending", "waiting"), ("pending", "waiting")]
+            ),
+            "the later events to wait for the picky sink",
+        )
+        assert picky.accepted == []
+
+        picky.refusing = False
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            plan = await admin.plan_retry(conn, "public", ids=[first])
+            assert await admin.apply(conn, "public", plan) == 1
+        await _until(task, lambda: picky.accepted == ids, "the picky sink, in key order")
+    assert easy.accepted == ids, "the easy sink got an event twice"
+    assert later == ids[1:]
