@@ -80,10 +80,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> dt.time
 @with_settings
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(settings: Settings, as_json: bool) -> None:
-    """Events per topic and status, lag, parked keys, failing sinks, relays (holding leases,
-    connected)."""
+    """Events per topic and status, lag, parked keys, each sink (state, backlog, oldest
+    waiting, failed), events no subscription matched, relays (holding leases, connected)."""
     schema = settings.db_schema
-    report = on_database(settings, lambda conn: admin.status(conn, schema))
+    configured = {name: sink.type for name, sink in settings.sinks.items()}
+    report = on_database(settings, lambda conn: admin.status(conn, schema, configured))
     if as_json:
         _output.echo_json(dataclasses.asdict(report))
     else:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from outbox import admin
+from outbox import admin, sink_status
 
 if TYPE_CHECKING:
     from outbox.plugins import PluginInfo
@@ -77,6 +77,9 @@ def _print_counts(report: admin.Status) -> None:
 
 
 def _print_health(report: admin.Status) -> None:
+    click.echo(f"sinks: {len(report.sinks)}")
+    _print_sinks(report.sinks)
+    _print_unrouted(report.unrouted)
     click.echo(f"parked keys: {report.parked_keys}")
     for parked in report.parked:
         click.echo(
@@ -134,6 +137,58 @@ def _print_fence_holder(holder: admin.FenceHolder | None) -> None:
     elif holder.query is not None:
         started = "" if holder.query_start is None else f" (started {when(holder.query_start)})"
         click.echo(f"  query{started}: {' '.join(holder.query.split())}")
+
+
+# -- outbox sinks list --------------------------------------------------------------------------
+
+
+def print_sinks(report: sink_status.SinksReport) -> None:
+    """A row per sink, then why each held sink is held, then the events no sink counts."""
+    if not report.sinks:
+        click.echo("no sinks configured or known to the database")
+    _print_sinks(report.sinks)
+    _print_unrouted(report.unrouted)
+
+
+def _print_sinks(sinks: list[sink_status.SinkStatus]) -> None:
+    if not sinks:
+        return
+    header = ["SINK", "TYPE", "STATE", "BACKLOG", "OLDEST", "FAILED", "LAST ERROR"]
+    rows = [
+        [
+            sink.name,
+            sink.type or "-",
+            sink.state,
+            str(sink.backlog),
+            "-" if sink.oldest_waiting_seconds is None else ago(sink.oldest_waiting_seconds),
+            str(sink.failed),
+            _short(sink.last_error),
+        ]
+        for sink in sinks
+    ]
+    table([header, *rows])
+    for sink in sinks:
+        if sink.held:
+            also = " (and paused)" if sink.paused and sink.disabled else ""
+            click.echo(
+                f"  {sink.name}: {sink.state}{also} since {when(sink.since)}: {sink.reason or '-'}"
+            )
+
+
+def _print_unrouted(unrouted: sink_status.Unrouted) -> None:
+    click.echo(
+        f"not yet routed: {unrouted.not_routed} event(s) (never claimed: their sinks are not "
+        "known yet)"
+    )
+    click.echo(
+        f"events no subscription matched: {unrouted.no_subscription} "
+        f"({unrouted.no_subscription_last_hour} in the last hour)"
+    )
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    flat = (text or "-").replace("\n", " ")
+    return flat[:width] + ("..." if len(flat) > width else "")
 
 
 # -- outbox events ------------------------------------------------------------------------------

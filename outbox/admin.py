@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import psycopg
@@ -39,6 +39,7 @@ from outbox._event_filter import parse_duration as parse_duration
 from outbox._event_filter import parse_time as parse_time
 from outbox._event_filter import resolve_time as resolve_time
 from outbox._event_filter import topic_regex as topic_regex
+from outbox.sink_status import SinkStatus, Unrouted, statuses, unrouted
 from outbox.store import RELAY_APPLICATION_PREFIX
 
 Connection = psycopg.AsyncConnection[Any]
@@ -157,6 +158,10 @@ class Status:
     connected: list[ConnectedRelay]
     fence_holder: FenceHolder | None
     """None when no transaction of this database holds a transaction id."""
+    sinks: list[SinkStatus]
+    """Every sink: its state, backlog, oldest waiting delivery, failures (outbox.sink_status)."""
+    unrouted: Unrouted
+    """Events no sink counts: not routed yet, or no subscription matched their topic."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +233,12 @@ async def database_now(conn: Connection) -> dt.datetime:
     return moment
 
 
-async def status(conn: Connection, schema: str) -> Status:
+async def status(
+    conn: Connection, schema: str, configured: Mapping[str, str] | None = None
+) -> Status:
     """The whole picture: counts, lag, parked keys, failing and disabled sinks, relays
-    holding leases and relays connected, and the transaction keyed events wait for."""
+    holding leases and relays connected, the transaction keyed events wait for, and each
+    sink (those ``configured``, name to type, and any other the table names)."""
     now = await database_now(conn)
     topics, totals = await _counts(conn, schema)
     parked_total, parked = await _parked(conn, schema)
@@ -246,6 +254,8 @@ async def status(conn: Connection, schema: str) -> Status:
         relays=[RelayLeases(*r) for r in await _fetch(conn, schema, "relay_leases")],
         connected=await _connected(conn, schema),
         fence_holder=await fence_holder(conn, schema),
+        sinks=await statuses(conn, schema, configured),
+        unrouted=await unrouted(conn, schema),
     )
 
 

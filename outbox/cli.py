@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from outbox import _admin_cli, _output, runtime
+from outbox import _admin_cli, _output, runtime, sink_status
 from outbox._command import (
     Connection,
     Failure,
@@ -189,6 +189,20 @@ def sinks_group() -> None:
     """Pause, resume, disable and enable sinks. A held sink (paused, or disabled by an
     operator or a 410 Gone) receives nothing; its deliveries wait, counting no attempt, and
     every other sink goes on (docs/decisions/0011-sinks-held-independently.md)."""
+
+
+@sinks_group.command("list")
+@with_settings
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sinks_list(settings: Settings, as_json: bool) -> None:
+    """Every sink (configured, or named by the database): type, state (active, paused,
+    disabled, and why), backlog, oldest waiting delivery, failed events, last error."""
+    schema, configured = settings.db_schema, {n: s.type for n, s in settings.sinks.items()}
+    report = on_database(settings, lambda conn: sink_status.sinks(conn, schema, configured))
+    if as_json:
+        _output.echo_json(dataclasses.asdict(report))
+    else:
+        _output.print_sinks(report)
 
 
 @sinks_group.command("pause")

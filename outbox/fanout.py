@@ -1,15 +1,20 @@
 """Fan-out: a claimed batch routed to its sinks, delivered, and what that comes to.
 
-Each sink gets its share of the batch in one ``deliver_batch`` call, every sink at once,
-each bounded by its own concurrency. A transactional sink (one that writes into the
-outbox's own database) is not called directly: it writes inside the transaction that
-settles the batch, so its writes and the settle commit together.
+Each sink gets its share of the batch in ``deliver_batch`` calls of at most its
+``batch_size`` events, one after another; every sink at once, each bounded by its own
+concurrency. A transactional sink (one that writes into the outbox's own database) is not
+called directly: it writes inside the transaction that settles the batch, so its writes and
+the settle commit together.
 
 Sinks never hold each other back (docs/decisions/0011-sinks-held-independently.md): a sink
 that is held (paused, or disabled, as one that raises :class:`~outbox.SinkGone` becomes) is
 not called, and its events wait for it with no attempt counted; a sink that an earlier event
 of the key has not reached yet is not called for this one either. Every other sink gets the
 event as if those did not exist.
+
+A sink may have settings of its own (:class:`SinkLimits`, from ``[sinks.NAME]``): its retry
+policy, its ``batch_size``, and a rate limit shared by every relay (``outbox.rate_limit``),
+whose events beyond the rate wait like those of a held sink.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from outbox.exceptions import DatabaseUnavailable, RetryableError, SinkGone
 from outbox.observer import RelayObserver, RelayStats
+from outbox.rate_limit import Rate, RateLimiter
 from outbox.records import Claim, ClaimedRow, Settlement
 from outbox.retry import (
     HELD_UNTIL,
@@ -37,10 +44,27 @@ from outbox.routing import Router
 from outbox.sinks import Event, Sink
 from outbox.store import Connection, Connector, Store, sink_savepoint
 
+if TYPE_CHECKING:
+    from outbox.relay import RelayOptions
+
 logger = logging.getLogger(__name__)
 
 Deliveries = dict[str, list[tuple[ClaimedRow, Event]]]
 """Per sink name, the events it is to get, each beside the row it came from."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SinkLimits:
+    """The relay's settings for one sink (``[sinks.NAME]`` beside its type's options), for
+    every sink type alike; None: the relay's own."""
+
+    retry: RetryPolicy | None = None
+    """Its ``max_attempts`` and backoff."""
+    batch_size: int | None = None
+    """The most events of one ``deliver_batch`` call; a claimed batch's share for the sink
+    goes out in calls this size, one after another."""
+    rate: Rate | None = None
+    """Events a second, held across every relay; None: unlimited."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,9 +96,7 @@ class FanOut:
         store: Store,
         connector: Connector,
         *,
-        delivery_timeout: float,
-        lease_seconds: float,
-        retry: RetryPolicy,
+        options: RelayOptions,
         observer: RelayObserver,
         stats: RelayStats,
     ) -> None:
@@ -85,11 +107,16 @@ class FanOut:
         self._router = router
         self._store = store
         self._connector = connector
-        self._delivery_timeout = delivery_timeout
+        self._delivery_timeout = options.delivery_timeout
         # Sinks time out their own slow events; this is the backstop for one that does not,
         # still inside the lease.
-        self._backstop = (delivery_timeout + lease_seconds) / 2
-        self._retry = retry
+        self._backstop = (options.delivery_timeout + options.lease_seconds) / 2
+        self._retry = options.retry
+        limits = options.sinks
+        self._policies = {name: lim.retry for name, lim in limits.items() if lim.retry}
+        self._batch_sizes = {name: lim.batch_size for name, lim in limits.items() if lim.batch_size}
+        rates = {name: lim.rate for name, lim in limits.items() if lim.rate and name in sinks}
+        self._limiter = RateLimiter(store.schema, connector, rates) if rates else None
         self._observer = observer
         self._stats = stats
         self.held: set[str] = set()
@@ -131,7 +158,10 @@ class FanOut:
 
     async def deliver(self, batch: Batch) -> None:
         """Deliver to every directly called sink at once, each bounded by its own
-        concurrency."""
+        concurrency. First, the rate-limited sinks (transactional ones too) take their
+        events' tokens; those not granted wait."""
+        if self._limiter is not None:
+            await self._take_tokens(self._limiter, batch)
         per_sink = batch.direct
         results = await asyncio.gather(
             *(self._deliver_to(name, items) for name, items in per_sink.items())
@@ -141,18 +171,49 @@ class FanOut:
 
     async def deliver_in_transaction(self, conn: Connection, batch: Batch) -> None:
         """Have the transactional sinks write on ``conn``, inside the settle's transaction,
-        each in a savepoint of its own. A lost connection ends the batch."""
+        each call (at most the sink's ``batch_size`` events) in a savepoint of its own. A lost
+        connection ends the batch."""
         for name, items in batch.in_transaction.items():
             events = [event for _, event in items]
             started = time.monotonic()
-            try:
-                async with sink_savepoint(conn):  # a failing sink writes nothing
-                    errors = await self._sinks[name].deliver_in_transaction(conn, events)
-            except DatabaseUnavailable:
-                raise
-            except Exception as error:
-                errors = [error] * len(events)
+            errors: list[BaseException | None] = []
+            for chunk in self._chunks(name, events):
+                try:
+                    async with sink_savepoint(conn):  # a failing call writes nothing
+                        errors.extend(await self._sinks[name].deliver_in_transaction(conn, chunk))
+                except DatabaseUnavailable:
+                    raise
+                except Exception as error:
+                    errors.extend([error] * len(chunk))
             await self._record(name, items, errors, batch.outcomes, time.monotonic() - started)
+
+    def _chunks(self, sink_name: str, events: list[Event]) -> list[list[Event]]:
+        """``events`` in calls of at most the sink's ``batch_size``."""
+        size = self._batch_sizes.get(sink_name) or len(events) or 1
+        return [events[first : first + size] for first in range(0, len(events), size)]
+
+    async def _take_tokens(self, limiter: RateLimiter, batch: Batch) -> None:
+        for group in (batch.direct, batch.in_transaction):
+            for name in [name for name in group if limiter.limits(name)]:
+                items = group[name]
+                grant = await limiter.take(name, len(items))
+                if grant.granted >= len(items):
+                    continue
+                waited = time.monotonic() - batch.started + grant.wait_seconds
+                until = batch.claim.now + dt.timedelta(seconds=waited)
+                for row, _ in items[grant.granted :]:
+                    batch.waits[row.id][name] = until
+                if grant.granted:
+                    group[name] = items[: grant.granted]
+                else:
+                    del group[name]
+                logger.debug(
+                    "sink %s: %d of %d events wait for its rate limit",
+                    name,
+                    len(items) - grant.granted,
+                    len(items),
+                    extra={"sink": name},
+                )
 
     def settlements(self, batch: Batch) -> list[tuple[ClaimedRow, Settlement]]:
         """What to write back for each event of ``batch``, as of now."""
@@ -192,6 +253,8 @@ class FanOut:
         await asyncio.gather(
             *(sink.aclose() for sink in self._sinks.values()), return_exceptions=True
         )
+        if self._limiter is not None:
+            await self._limiter.aclose()
 
     def _settlement(
         self,
@@ -208,6 +271,7 @@ class FanOut:
             now=now,
             policy=self._retry,
             waits=waits,
+            policies=self._policies,
         )
 
     async def _record(
@@ -234,17 +298,27 @@ class FanOut:
     async def _deliver_to(
         self, sink_name: str, items: list[tuple[ClaimedRow, Event]]
     ) -> tuple[list[BaseException | None], float]:
-        """The sink's results for ``items``, and how long it took."""
+        """The sink's results for ``items``, and how long it took: in calls of at most its
+        ``batch_size`` events, one after another, within one ``delivery_timeout``."""
         started = time.monotonic()
-        errors = await self._call_sink(sink_name, [event for _, event in items])
+        errors: list[BaseException | None] = []
+        for number, chunk in enumerate(self._chunks(sink_name, [event for _, event in items])):
+            spent = time.monotonic() - started if number else 0.0
+            if spent >= self._delivery_timeout:
+                late = RetryableError(f"delivery timed out after {self._delivery_timeout:g}s")
+                errors.extend([late] * len(chunk))
+                continue
+            errors.extend(await self._call_sink(sink_name, chunk, spent))
         return errors, time.monotonic() - started
 
-    async def _call_sink(self, sink_name: str, events: list[Event]) -> list[BaseException | None]:
-        timeout = self._backstop
+    async def _call_sink(
+        self, sink_name: str, events: list[Event], spent: float = 0.0
+    ) -> list[BaseException | None]:
+        timeout = self._backstop - spent
         try:
             async with asyncio.timeout(timeout):
                 errors = await self._sinks[sink_name].deliver_batch(
-                    events, timeout=self._delivery_timeout
+                    events, timeout=self._delivery_timeout - spent
                 )
         except TimeoutError:
             return [RetryableError(f"delivery timed out after {timeout:g}s")] * len(events)

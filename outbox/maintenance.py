@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from outbox import sink_status
 from outbox.exceptions import DatabaseError, DatabaseUnavailable
 from outbox.observer import RelayObserver, RelayStats
 from outbox.reconnects import Reconnects
@@ -163,6 +164,7 @@ class Maintenance:
     async def _sample_backlog(self, conn: Connection) -> None:
         self._observer.backlog(*await self._store.backlog(conn))
         self._observer.fence_wait(await self._store.fence_wait(conn))
+        self._observer.sinks(await sink_status.statuses(conn, self._store.schema))
 
     async def _recover(self, conn: Connection) -> None:
         recovered = await self._store.recover_expired(conn, self._retry)

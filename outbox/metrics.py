@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from outbox.relay import RelayObserver
 
 if TYPE_CHECKING:
     from outbox.relay import Relay
+    from outbox.sink_status import SinkStatus
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,47 @@ class PrometheusObserver(RelayObserver):
             "Batches' rows whose lease expired before they were settled.",
             registry=registry,
         )
+        self.unrouted_total = prom.Counter(
+            "outbox_unrouted_events_total",
+            "Events settled done with no subscribed sink: their topic matched no subscription.",
+            ["topic"],
+            registry=registry,
+        )
+        self._sink_gauges(prom)
+
+    def _sink_gauges(self, prom: Any) -> None:
+        registry = self.registry
+        self.sink_backlog = prom.Gauge(
+            "outbox_sink_backlog",
+            "Unfinished events whose delivery to the sink is waiting or retrying.",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_lag_seconds = prom.Gauge(
+            "outbox_sink_lag_seconds",
+            "Age of the oldest event whose delivery to the sink is waiting or retrying.",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_failed = prom.Gauge(
+            "outbox_sink_failed_events",
+            "Unfinished events whose delivery to the sink failed.",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_held = prom.Gauge(
+            "outbox_sink_held",
+            "1 while the sink is paused or disabled (its deliveries wait), else 0.",
+            ["sink"],
+            registry=registry,
+        )
+        self._sinks_seen: set[str] = set()
 
     def claimed(self, count: int) -> None:
         self.claim_batch_size.observe(count)
 
     def delivered(self, topic: str, sink: str, ok: bool, permanent: bool, seconds: float) -> None:
+        self._sinks_seen.add(sink)
         if ok:
             self.delivered_total.labels(topic, sink).inc()
         else:
@@ -98,6 +136,9 @@ class PrometheusObserver(RelayObserver):
 
     def settled(self, status: str) -> None:
         self.settled_total.labels(status).inc()
+
+    def unrouted(self, topic: str) -> None:
+        self.unrouted_total.labels(topic).inc()
 
     def lease_lost(self) -> None:
         self.leases_lost_total.inc()
@@ -108,6 +149,18 @@ class PrometheusObserver(RelayObserver):
 
     def fence_wait(self, seconds: float) -> None:
         self.oldest_blocking_transaction.set(seconds)
+
+    def sinks(self, sinks: Sequence[SinkStatus]) -> None:
+        # A sink this relay delivered to, or sampled before, and absent now has nothing
+        # waiting, failed or held: its gauges go to 0 rather than keep their last value.
+        sampled = {sink.name: sink for sink in sinks}
+        self._sinks_seen |= sampled.keys()
+        for name in self._sinks_seen:
+            sink = sampled.get(name)
+            self.sink_backlog.labels(name).set(sink.backlog if sink else 0)
+            self.sink_lag_seconds.labels(name).set((sink and sink.oldest_waiting_seconds) or 0)
+            self.sink_failed.labels(name).set(sink.failed if sink else 0)
+            self.sink_held.labels(name).set(int(sink.held) if sink else 0)
 
     def exposition(self) -> bytes:
         return bytes(self._prom.generate_latest(self.registry))

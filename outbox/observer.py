@@ -6,6 +6,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from outbox.retry import NO_SINK_KEY
+
+if TYPE_CHECKING:
+    from outbox.records import Settlement
+    from outbox.sink_status import SinkStatus
 
 
 @dataclasses.dataclass
@@ -37,7 +45,8 @@ class RelayObserver:
     """Receives the relay's measurements (for metrics); every method defaults to nothing."""
 
     wants_backlog = False
-    """True to have :meth:`backlog` called each maintenance round (one extra query)."""
+    """True to have :meth:`backlog`, :meth:`fence_wait` and :meth:`sinks` called each
+    maintenance round (a few extra queries)."""
 
     def claimed(self, count: int) -> None:
         """A batch of ``count`` events was claimed."""
@@ -48,6 +57,16 @@ class RelayObserver:
     def settled(self, status: str) -> None:
         """An event was settled to ``status`` (done, pending, failed)."""
 
+    def unrouted(self, topic: str) -> None:
+        """An event of ``topic`` was settled done with no subscribed sink."""
+
+    def event_settled(self, topic: str, settlement: Settlement) -> None:
+        """An event of ``topic`` was settled as ``settlement``: calls :meth:`settled`, and
+        :meth:`unrouted` when no sink was subscribed to it."""
+        self.settled(settlement.status)
+        if NO_SINK_KEY in settlement.deliveries:
+            self.unrouted(topic)
+
     def lease_lost(self) -> None:
         """A settle found its lease taken over: the result was discarded."""
 
@@ -57,3 +76,7 @@ class RelayObserver:
     def fence_wait(self, seconds: float) -> None:
         """Age of the oldest transaction of the database while due keyed events wait for it
         (0: none wait); sampled with :meth:`backlog`."""
+
+    def sinks(self, sinks: Sequence[SinkStatus]) -> None:
+        """Each sink's state and figures (:mod:`outbox.sink_status`); sampled with
+        :meth:`backlog`."""

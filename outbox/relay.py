@@ -35,7 +35,7 @@ from outbox.claims import (
     Settled,
 )
 from outbox.exceptions import DatabaseError, DatabaseUnavailable
-from outbox.fanout import FanOut
+from outbox.fanout import FanOut, SinkLimits
 from outbox.listener import Listener
 from outbox.maintenance import Maintenance
 from outbox.migrate import check_migrated
@@ -98,6 +98,8 @@ class RelayOptions:
     """Seconds after :meth:`Relay.stop` that batches in flight have to finish; then their
     deliveries are cancelled and their rows handed back (lease: released, lock: rolled
     back), and :meth:`Relay.run` returns."""
+    sinks: Mapping[str, SinkLimits] = dataclasses.field(default_factory=dict)
+    """Sinks with settings of their own (``[sinks.NAME]``); the others use the relay's."""
 
 
 def default_relay_name() -> str:
@@ -128,9 +130,7 @@ class Relay:
             self._router,
             self._store,
             self._connector,
-            delivery_timeout=options.delivery_timeout,
-            lease_seconds=options.lease_seconds,
-            retry=options.retry,
+            options=options,
             observer=self.observer,
             stats=self.stats,
         )
@@ -304,7 +304,7 @@ class Relay:
                 self.observer.lease_lost()
                 _log_event(logging.WARNING, "lease lost, result discarded", row, relay=self.name)
                 continue
-            self.observer.settled(settlement.status)
+            self.observer.event_settled(row.topic, settlement)
             if track_waiting:
                 self.stats.settled(row.id, settlement.status)
             _count_and_log(self.stats, row, settlement, outcomes[row.id])

@@ -126,6 +126,7 @@ def settle_event(
     policy: RetryPolicy,
     rng: random.Random | None = None,
     waits: Mapping[str, dt.datetime] | None = None,
+    policies: Mapping[str, RetryPolicy] | None = None,
 ) -> Settlement:
     """Decide an event's next state from this claim's outcomes, one per sink attempted, and
     ``waits``: sinks due but not attempted, each with when to look again (:data:`HELD_UNTIL`
@@ -133,7 +134,9 @@ def settle_event(
     behind), which wait with no attempt counted.
 
     ``now`` is the database time at settle. Sinks keep their own attempts and wait times, so
-    a retry goes only to sinks that have not acknowledged, each when it is due.
+    a retry goes only to sinks that have not acknowledged, each when it is due. A sink in
+    ``policies`` retries by its own policy (its ``max_attempts`` and backoff), the others by
+    ``policy``, which also says how many errors the event keeps.
     """
     if not subscribed:
         kept = [dict(error) for error in errors]
@@ -147,7 +150,7 @@ def settle_event(
     for name, outcome in outcomes.items():
         state = new_deliveries.setdefault(name, {"attempts": 0})
         state["attempts"] = int(state.get("attempts", 0)) + 1
-        _apply_outcome(state, outcome, now, policy, rng)
+        _apply_outcome(state, outcome, now, (policies or {}).get(name, policy), rng)
         if outcome.error is not None:
             new_errors.append(
                 {

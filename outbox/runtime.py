@@ -18,6 +18,7 @@ from typing import Any
 
 from outbox import plugins
 from outbox.exceptions import MissingSetting
+from outbox.fanout import SinkLimits
 from outbox.relay import Relay, RelayObserver, RelayOptions, RelayStats
 from outbox.routing import Subscription
 from outbox.settings import Settings
@@ -83,7 +84,21 @@ def _options_from(settings: Settings) -> RelayOptions:
         claim_mode=relay.claim_mode,
         give_up_after=relay.give_up_after,
         shutdown_timeout=relay.shutdown_timeout,
+        sinks=sink_limits(settings),
     )
+
+
+def sink_limits(settings: Settings) -> dict[str, SinkLimits]:
+    """The relay's settings of each sink that sets some of its own (``max_attempts``, the
+    backoff, ``batch_size``, ``rate_limit`` under ``[sinks.NAME]``), whatever its type."""
+    found = {}
+    for name, sink in settings.sinks.items():
+        limits = SinkLimits(
+            retry=sink.retry_policy(settings.relay), batch_size=sink.batch_size, rate=sink.rate()
+        )
+        if limits != SinkLimits():
+            found[name] = limits
+    return found
 
 
 def build_sinks(settings: Settings) -> dict[str, Sink]:

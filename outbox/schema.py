@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Double,
     Identity,
     Index,
     Integer,
@@ -101,6 +102,7 @@ events = Table(
         "id",
         postgresql_where=text("status = 'pending' AND suspect"),
     ),
+    Index("outbox_events_failed_idx", "id", postgresql_where=text("status = 'failed'")),
     Index(
         "outbox_events_dedup_key_idx",
         "dedup_key",
@@ -118,6 +120,9 @@ sinks = Table(
     Column("paused_at", DateTime(timezone=True)),
     Column("paused_reason", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("rate_tokens", Double),
+    Column("rate_refilled_at", DateTime(timezone=True)),
+    Column("rate_granted", Integer),
     PrimaryKeyConstraint("name", name="outbox_sinks_pkey"),
 )
 

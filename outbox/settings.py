@@ -7,6 +7,7 @@ key, with its default, is documented in ``config/outbox.toml``.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from pydantic_settings import (
 
 from outbox._identifiers import validate_identifier
 from outbox.exceptions import ConfigError
+from outbox.rate_limit import Rate, parse_rate
 from outbox.retry import RetryPolicy
 from outbox.routing import Subscription, validate_pattern
 from outbox.secrets import Secret
@@ -94,14 +96,42 @@ class RelaySettings(BaseModel):
 
 
 class SinkSettings(BaseModel):
-    """``[sinks.NAME]``: ``type`` plus that type's options, validated by its plugin."""
+    """``[sinks.NAME]``: ``type`` plus that type's options, validated by its plugin, and the
+    relay's settings for this sink, whatever its type (None: the ``[relay]`` value)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     type: str
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+    backoff_base: float | None = Field(None, ge=0.001, le=HOUR)
+    backoff_cap: float | None = Field(None, ge=0.001, le=7 * DAY)
+    batch_size: int | None = Field(None, ge=1, le=10_000)
+    rate_limit: str | None = None  # "100/s", "6000/min", "10/h"; none: unlimited
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
 
     def options(self) -> dict[str, Any]:
+        """The sink type's options: every key but ``type`` and the relay's settings."""
         return dict(self.model_extra or {})
+
+    def retry_policy(self, relay: RelaySettings) -> RetryPolicy | None:
+        """This sink's retry policy if it sets any of its own keys, else None."""
+        if self.max_attempts is None and self.backoff_base is None and self.backoff_cap is None:
+            return None
+        return dataclasses.replace(
+            relay.retry_policy(),
+            max_attempts=self.max_attempts or relay.max_attempts,
+            base_seconds=self.backoff_base or relay.backoff_base,
+            cap_seconds=self.backoff_cap or relay.backoff_cap,
+        )
+
+    def rate(self) -> Rate | None:
+        return None if self.rate_limit is None else parse_rate(self.rate_limit)
 
 
 class SubscriptionSettings(BaseModel):
@@ -149,7 +179,9 @@ class Settings(BaseSettings):
 
     @field_validator("sinks")
     @classmethod
-    def _sink_names(cls, value: dict[str, SinkSettings]) -> dict[str, SinkSettings]:
+    def _sink_names(
+        cls, value: dict[str, SinkSettings], info: ValidationInfo
+    ) -> dict[str, SinkSettings]:
         import re
 
         for name in value:
@@ -157,6 +189,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"invalid sink name {name!r}: lower-case letters, digits, '_' and '-', "
                     "starting with a letter"
+                )
+        relay = info.data.get("relay")
+        for name, sink in value.items():
+            policy = sink.retry_policy(relay) if relay is not None else None
+            if policy is not None and policy.cap_seconds < policy.base_seconds:
+                raise ValueError(
+                    f"sink {name!r}: backoff_cap ({policy.cap_seconds:g}) must be at least "
+                    f"backoff_base ({policy.base_seconds:g}; the relay's unless the sink sets it)"
                 )
         return value
 

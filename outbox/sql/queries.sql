@@ -390,6 +390,29 @@ SET disabled_at = COALESCE({sinks}.disabled_at, now()),
     disabled_reason = COALESCE({sinks}.disabled_reason, EXCLUDED.disabled_reason),
     updated_at = now()
 
+-- fragment: bucket_level
+-- The tokens in the rate-limit bucket of the outbox_sinks row `s` as of this statement: what
+-- it held, plus %(per_second)s for each second since its last refill, at most %(burst)s (a
+-- bucket never taken from is full).
+LEAST(%(burst)s::float8, COALESCE(s.rate_tokens, %(burst)s::float8) + %(per_second)s::float8
+    * GREATEST(0, extract(epoch FROM statement_timestamp()
+                          - COALESCE(s.rate_refilled_at, statement_timestamp()))::float8))
+
+-- name: take_sink_tokens
+-- Take up to %(asked)s tokens from the rate-limit bucket of sink %(name)s, shared by every
+-- relay (outbox/rate_limit.py, migration 0007): refill it by the time elapsed, grant
+-- min(asked, whole tokens held) and return the grant and the tokens left. The row is locked
+-- for this statement only; a take that waited on another keeps the later refill time. One row
+-- of outbox_sinks by its primary key; the first take creates it with a full bucket.
+INSERT INTO {sinks} AS s (name, rate_tokens, rate_refilled_at, rate_granted)
+VALUES (%(name)s, %(burst)s::float8 - LEAST(%(asked)s::int, %(burst)s::int),
+        statement_timestamp(), LEAST(%(asked)s::int, %(burst)s::int))
+ON CONFLICT (name) DO UPDATE
+SET rate_granted = LEAST(%(asked)s::int, floor({bucket_level})::int),
+    rate_tokens = {bucket_level} - LEAST(%(asked)s::int, floor({bucket_level})::int),
+    rate_refilled_at = GREATEST(s.rate_refilled_at, statement_timestamp())
+RETURNING rate_granted, rate_tokens
+
 -- fragment: waiting_for_sink
 -- The pending row `e` waits, not due before a while, for the sink %(name)s (decision 11):
 -- held for it, or behind such an event in its key.
@@ -547,6 +570,51 @@ WHERE e.status IN ('pending', 'processing', 'failed')
   AND d.value ->> 'status' IN ('retrying', 'failed')
 GROUP BY d.key
 ORDER BY d.key
+
+-- name: sink_figures
+-- Per sink, from its deliveries on the unfinished events only (status <> 'done', each status
+-- read on its own): the backlog (deliveries waiting or retrying), the age of the oldest event
+-- among them, the events whose delivery failed, and the last error (on the newest unfinished
+-- event with one). Pending rows by outbox_events_pending_idx, processing rows by
+-- outbox_events_processing_idx, failed rows by outbox_events_failed_idx.
+WITH unfinished AS (
+    SELECT e.id, e.created_at, e.deliveries FROM {table} AS e WHERE e.status = 'pending'
+    UNION ALL
+    SELECT e.id, e.created_at, e.deliveries FROM {table} AS e WHERE e.status = 'processing'
+    UNION ALL
+    SELECT e.id, e.created_at, e.deliveries FROM {table} AS e WHERE e.status = 'failed'
+)
+SELECT d.key,
+       count(*) FILTER (WHERE d.value ->> 'status' IN ('waiting', 'retrying')),
+       EXTRACT(EPOCH FROM now() - min(u.created_at)
+           FILTER (WHERE d.value ->> 'status' IN ('waiting', 'retrying')))::float8,
+       count(*) FILTER (WHERE d.value ->> 'status' = 'failed'),
+       (array_agg(d.value ->> 'last_error' ORDER BY u.id DESC)
+           FILTER (WHERE d.value ->> 'last_error' IS NOT NULL))[1]
+FROM unfinished AS u CROSS JOIN LATERAL jsonb_each(u.deliveries) AS d
+WHERE d.key <> '*'
+GROUP BY d.key
+ORDER BY d.key
+
+-- name: sink_switches
+-- Every sink outbox_sinks names, with when and why it was paused or disabled (NULL: not);
+-- a sink once switched and switched back on keeps its row (primary key of outbox_sinks, a
+-- handful of rows).
+SELECT name, paused_at, paused_reason, disabled_at, disabled_reason FROM {sinks} ORDER BY name
+
+-- name: unrouted_events
+-- Events whose sinks are not known: not routed yet (never claimed, deliveries '{}': pending
+-- by outbox_events_pending_idx, processing by outbox_events_processing_idx), and done events
+-- whose topic matched no subscription (deliveries {"*": ...}): all still kept, by a scan of
+-- outbox_events_done_idx, and those settled in the last hour, by its range.
+SELECT (SELECT count(*) FROM {table}
+        WHERE status = 'pending' AND deliveries = '{{}}'::jsonb)
+     + (SELECT count(*) FROM {table}
+        WHERE status = 'processing' AND deliveries = '{{}}'::jsonb),
+       (SELECT count(*) FROM {table}
+        WHERE status = 'done' AND done_at IS NOT NULL AND deliveries ? '*'),
+       (SELECT count(*) FROM {table}
+        WHERE status = 'done' AND done_at >= now() - interval '1 hour' AND deliveries ? '*')
 
 -- name: relay_leases
 -- Relays holding leases now: rows in flight per relay, when their leases end, how many have

@@ -17,7 +17,7 @@ import psycopg
 
 from outbox.routing import Router
 
-from .chaos_run import SUBSCRIPTIONS, WEBHOOK_SINK, Chaos, Plan, Publisher
+from .chaos_run import SUBSCRIPTIONS, WEBHOOK_SINK, Chaos, Pause, Plan, Publisher, parked_sinks
 
 INJECTED = "chaos: injected failure"
 """How every injected failure's error text ends (the callables' and the receiver's)."""
@@ -35,7 +35,27 @@ class Receipt:
     attempt: int | None
     """The sink's attempt; None for the webhook (a request does not say)."""
     pid: int
+    called_at: dt.datetime | None
+    """When the sink's call started; None for the webhook."""
     at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class PauseReport:
+    """What the paused sink received while paused, and what the others did meanwhile."""
+
+    sink: str
+    seconds: float
+    """How long it was paused."""
+    receipts: int
+    """Its receipts while paused: calls of batches routed before their relay knew."""
+    last_call: float
+    """Seconds from the pause to the start of its last call while paused (0: none)."""
+    last_receipt: float
+    """Seconds from the pause to its last receipt while paused (0: none)."""
+    others: dict[str, int]
+    """Per other sink, its receipts while paused, after the paused sink's last one."""
+    waiting_at_resume: int
 
 
 @dataclasses.dataclass
@@ -53,6 +73,11 @@ class Report:
     last fault before it."""
     poison_errors: int = 0
     """Errors charged to the poison event for relays that died delivering it."""
+    pause: PauseReport | None = None
+    poison_sinks: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The poison's state per sink at the end ({}: never routed)."""
+    parked: int = 0
+    """Deliveries parked behind the poison."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +89,7 @@ class _Event:
     errors: list[dict[str, Any]]
     last_error: str | None
     created_at: dt.datetime
+    deliveries: dict[str, Any]
 
 
 def check(
@@ -77,13 +103,14 @@ def check(
     events = {
         row[0]: _Event(*row)
         for row in conn.execute(
-            "SELECT id, key, topic, status, errors, last_error, created_at FROM outbox_events"
+            "SELECT id, key, topic, status, errors, last_error, created_at, deliveries "
+            "FROM outbox_events"
         )
     }
     receipts = [
         Receipt(*row)
         for row in conn.execute(
-            "SELECT seq, sink, event_id, key, attempt, relay_pid, received_at "
+            "SELECT seq, sink, event_id, key, attempt, relay_pid, called_at, received_at "
             "FROM chaos_received ORDER BY seq"
         )
     ]
@@ -92,23 +119,25 @@ def check(
     assert {e.id: (e.key, e.topic) for e in events.values()} == published, "outbox rows changed"
 
     poison = publisher.poison_id
-    parked: set[int] = set()
+    router = Router(SUBSCRIPTIONS)
+    subscribed = {eid: router.sinks_for(topic) for eid, (_, topic) in published.items()}
+    parked: set[tuple[str, int]] = set()
     poison_errors = 0
     if plan.poison:
         assert poison is not None
-        parked = _check_poison(events, poison, chaos, plan)
+        parked = _check_poison(events, poison, chaos, plan, subscribed)
         poison_errors = sum(DIED in error["error"] for error in events[poison].errors)
-    not_done = [(e.id, e.status) for e in events.values() if e.id not in parked and e.id != poison]
+    behind = {eid for _, eid in parked}
+    not_done = [(e.id, e.status) for e in events.values() if e.id not in behind and e.id != poison]
     not_done = [(event_id, status) for event_id, status in not_done if status != "done"]
     assert not not_done, f"{len(not_done)} events not done, e.g. {not_done[:5]}"
 
-    router = Router(SUBSCRIPTIONS)
-    subscribed = {eid: router.sinks_for(topic) for eid, (_, topic) in published.items()}
     expected = {
         (sink, eid)
         for eid, sinks in subscribed.items()
-        if eid not in parked and eid != poison
+        if eid != poison
         for sink in sinks
+        if (sink, eid) not in parked
     }
     delivered = {(r.sink, r.event_id) for r in receipts}
     lost = sorted(expected - delivered)
@@ -117,7 +146,8 @@ def check(
     allowed = expected | {(sink, poison) for sink in subscribed.get(poison or 0, ())}
     unexpected = sorted(delivered - allowed)
     assert not unexpected, (
-        f"{len(unexpected)} deliveries to unsubscribed sinks or of parked events: {unexpected[:10]}"
+        f"{len(unexpected)} deliveries to unsubscribed sinks or to sinks parked behind the "
+        f"poison: {unexpected[:10]}; {_rows(conn, [('', poison or 0), *unexpected])}"
     )
     wrong_key = [(r.event_id, r.key) for r in receipts if r.key != published[r.event_id][0]]
     assert not wrong_key, f"sinks saw the wrong key: {wrong_key[:10]}"
@@ -127,6 +157,7 @@ def check(
         f"per-key order broken (sink, key, id seen, earlier id after it): {broken[:10]}"
     )
     _check_hangs(events, publisher.hang_ids)
+    pause = None if chaos.pause is None else _check_pause(receipts, chaos.pause, chaos)
 
     other_errors = [(e.id, error) for e in events.values() for error in e.errors]
     other_errors = [(eid, error) for eid, error in other_errors if not _injected(error)]
@@ -153,6 +184,12 @@ def check(
         expired_leases=sum(len(_EXPIRED.findall(text)) for text in logs),
         tail_seconds=_tail(receipts, expected, events, chaos),
         poison_errors=poison_errors,
+        pause=pause,
+        poison_sinks={
+            sink: " until ".join(filter(None, (state.get("status"), state.get("until"))))
+            for sink, state in (events[poison].deliveries if poison else {}).items()
+        },
+        parked=len(parked),
     )
 
 
@@ -181,9 +218,16 @@ def _shape(error: dict[str, Any]) -> str:
     return f"{error['sink'] or 'event'}: " + re.sub(r"\d+(\.\d+)?", "N", text)
 
 
-def _check_poison(events: dict[int, _Event], poison: int, chaos: Chaos, plan: Plan) -> set[int]:
+def _check_poison(
+    events: dict[int, _Event],
+    poison: int,
+    chaos: Chaos,
+    plan: Plan,
+    subscribed: dict[int, tuple[str, ...]],
+) -> set[tuple[str, int]]:
     """The poison ends failed, charged with the deaths of the relays delivering it alone;
-    the later events of its key wait behind it. Returns those."""
+    the later events of its key wait behind it at the sinks it did not reach (decision 11:
+    per-key order is per sink). Returns those deliveries, (sink, event id)."""
     event = events[poison]
     died = [error for error in event.errors if DIED in error["error"]]
     assert event.status == "failed", (
@@ -201,8 +245,13 @@ def _check_poison(events: dict[int, _Event], poison: int, chaos: Chaos, plan: Pl
     assert plan.max_attempts - 1 <= deaths <= plan.max_attempts + 2, (
         f"{deaths} relays died of the poison with max_attempts = {plan.max_attempts}"
     )
-    parked = {e.id for e in events.values() if e.key == event.key and e.id > poison}
-    waiting = {e.id: e.status for e in events.values() if e.id in parked}
+    later = [e.id for e in events.values() if e.key == event.key and e.id > poison]
+    parked = {
+        (sink, eid) for eid in later for sink in parked_sinks(event.deliveries, subscribed[eid])
+    }
+    # alpha takes every event and never gets the poison: every later event waits for it.
+    waiting = {eid: events[eid].status for _, eid in parked}
+    assert set(waiting) == set(later), f"events behind the poison not parked: {later}, {parked}"
     assert set(waiting.values()) <= {"pending"}, f"events behind the poison: {waiting}"
     return parked
 
@@ -219,6 +268,53 @@ def _check_hangs(events: dict[int, _Event], hang_ids: list[int]) -> None:
         assert timeouts, f"event {event_id} hung at gamma but no timeout was recorded"
 
 
+# How long after a pause is committed a call of the paused sink may still start: its relays
+# read the switches at once when told (NOTIFY), or at their next maintenance round, on this
+# loaded machine within _SWITCH_SEEN; a batch a relay routed before it knew still calls the
+# sink, at the latest a lease after its claim (a later one has lost its claim).
+_SWITCH_SEEN = dt.timedelta(seconds=2)
+
+
+def _check_pause(receipts: list[Receipt], pause: Pause, chaos: Chaos) -> PauseReport:
+    """While paused, the sink got only calls of batches routed before its relay knew; the
+    other sinks kept receiving; deliveries waited for it (the loss and order checks cover
+    what it got after the resume)."""
+    assert pause.resumed_at is not None, f"{pause.sink} was never resumed"
+    paused = (pause.paused_at, pause.resumed_at)
+    held = [r for r in receipts if r.sink == pause.sink and paused[0] <= r.at <= paused[1]]
+    calls = [r.called_at for r in held if r.called_at is not None]
+    effective = pause.paused_at + _SWITCH_SEEN + dt.timedelta(seconds=chaos.lease_seconds)
+    late = [r for r in held if (r.called_at or r.at) > effective]
+    assert not late, (
+        f"{len(late)} calls to the paused sink {pause.sink} started more than "
+        f"{(effective - pause.paused_at).total_seconds():g}s after the pause "
+        f"({pause.paused_at}), e.g. {late[:5]}"
+    )
+    quiet_from = max([r.at for r in held], default=pause.paused_at)
+    others = {
+        sink: sum(1 for r in receipts if r.sink == sink and quiet_from < r.at <= paused[1])
+        for sink in sorted({sink for sub in SUBSCRIPTIONS for sink in sub.sinks} - {pause.sink})
+    }
+    assert all(others.values()), (
+        f"a sink received nothing while {pause.sink} was paused (after its last receipt, "
+        f"{quiet_from}): {others}"
+    )
+    assert pause.waiting_at_resume > 0, f"nothing waited for {pause.sink} while it was paused"
+
+    def since_pause(at: dt.datetime) -> float:
+        return (at - pause.paused_at).total_seconds()
+
+    return PauseReport(
+        sink=pause.sink,
+        seconds=since_pause(pause.resumed_at),
+        receipts=len(held),
+        last_call=max(map(since_pause, calls), default=0.0),
+        last_receipt=since_pause(quiet_from),
+        others=others,
+        waiting_at_resume=pause.waiting_at_resume,
+    )
+
+
 def _tail(
     receipts: list[Receipt],
     expected: set[tuple[str, int]],
@@ -226,19 +322,24 @@ def _tail(
     chaos: Chaos,
 ) -> float:
     """The longest wait of an expected delivery, counted from the later of its event's
-    publication and the last fault before the delivery: how long the relays took to recover
-    from a fault (or, away from faults, to deliver)."""
+    publication and the last fault before the delivery (for a sink paused, its resume too):
+    how long the relays took to recover from a fault (or, away from faults, to deliver)."""
     first: dict[tuple[str, int], dt.datetime] = {}
     for r in receipts:
         first.setdefault((r.sink, r.event_id), r.at)
     faults = sorted(chaos.fault_times())
+    paused = chaos.pause
+    faults_of = {}
+    if paused is not None and paused.resumed_at is not None:
+        faults_of[paused.sink] = sorted([*faults, paused.resumed_at])
     tail = 0.0
     for (sink, eid), at in first.items():
         if (sink, eid) in expected:
             since = events[eid].created_at
-            before = bisect.bisect_right(faults, at)
+            sink_faults = faults_of.get(sink, faults)
+            before = bisect.bisect_right(sink_faults, at)
             if before:
-                since = max(since, faults[before - 1])
+                since = max(since, sink_faults[before - 1])
             tail = max(tail, (at - since).total_seconds())
     return tail
 

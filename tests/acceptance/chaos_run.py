@@ -6,6 +6,7 @@ Not a test module: ``test_chaos.py`` imports it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import contextlib
@@ -19,14 +20,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, LiteralString
 
 import psycopg
 
 import outbox
-from outbox.routing import Subscription
+from outbox.routing import Router, Subscription
+from outbox.sink_switches import Switches
 
 from .chaos_server import EmbeddedServer
 from .chaos_sink import POISON_EXIT_CODE
@@ -80,8 +82,8 @@ connect_timeout = {connect_timeout}
 allowed_networks = ["127.0.0.1/32"]
 """
 # What the sinks received, in order (written by chaos_sink.py, and by the test for the
-# webhook receiver). ``attempt`` is the sink's attempt number; a webhook request does not
-# carry it.
+# webhook receiver). ``attempt`` is the sink's attempt number and ``called_at`` when the call
+# started; a webhook request carries neither.
 RECEIVED_TABLE: LiteralString = """
 CREATE TABLE chaos_received (
     seq         bigserial   PRIMARY KEY,
@@ -90,6 +92,7 @@ CREATE TABLE chaos_received (
     key         text,
     attempt     integer,
     relay_pid   integer     NOT NULL,
+    called_at   timestamptz,
     received_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
@@ -119,6 +122,21 @@ class Plan:
     hangs: int = 0
     """Events whose first call to gamma hangs past the delivery timeout."""
     restart_down_seconds: float = 1.5
+    paused_sink: str | None = None
+    """A sink paused by an operator for part of the publish window, then resumed."""
+    pause_window: tuple[float, float] = (0.2, 0.6)
+    """When the pause starts and ends, as shares of the publish window."""
+
+
+@dataclasses.dataclass
+class Pause:
+    """A sink paused and resumed during the run (database clock, read after each switch
+    committed), and how many of its deliveries waited for it when it was resumed."""
+
+    sink: str
+    paused_at: dt.datetime
+    resumed_at: dt.datetime | None = None
+    waiting_at_resume: int = 0
 
 
 @dataclasses.dataclass
@@ -134,6 +152,7 @@ class Chaos:
     """When the server was stopped, and when it accepted connections again."""
     poison_deaths: list[tuple[int, dt.datetime]] = dataclasses.field(default_factory=list)
     """Relays that exited with the poison's code, and when the supervisor saw it."""
+    pause: Pause | None = None
 
     def fault_times(self) -> list[dt.datetime]:
         """When each fault ended: a kill, a termination round, a poison death, a restart."""
@@ -284,7 +303,8 @@ class Publisher(threading.Thread):
                 self.hang_ids.append(event_id)
 
     def parked_count(self) -> int:
-        """How many events end undelivered: the poison and the later events of its key."""
+        """How many events end not done: the poison and the later events of its key (these
+        wait for alpha at least, every event's sink)."""
         if self._poison_n is None:
             return 0
         key = self.planned[self._poison_n].key
@@ -501,9 +521,44 @@ def _kill_one(
     fleet.start()
 
 
+def _switch(url: str, sink: str, on: bool) -> None:
+    """Pause or resume ``sink`` as an operator would (``outbox sinks pause|resume``): the
+    switch and the relays' NOTIFY commit together."""
+
+    async def switch() -> None:
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, application_name="chaos-test-switch"
+        )
+        async with conn:
+            if on:
+                assert await Switches().resume(conn, sink), f"{sink} was not paused"
+            else:
+                assert await Switches().pause(conn, sink, "chaos: paused for a while")
+
+    asyncio.run(switch())
+
+
+def _pause(url: str, conn: psycopg.Connection[Any], sink: str, chaos: Chaos) -> None:
+    _switch(url, sink, on=False)
+    chaos.pause = Pause(sink, scalar(conn, "SELECT clock_timestamp()"))
+
+
+def _resume(url: str, conn: psycopg.Connection[Any], sink: str, chaos: Chaos) -> None:
+    assert chaos.pause is not None
+    row = conn.execute(
+        "SELECT count(*) FROM outbox_events WHERE status = 'pending' "
+        "AND deliveries -> %s ->> 'status' = 'waiting'",
+        (sink,),
+    ).fetchone()
+    assert row is not None
+    chaos.pause.waiting_at_resume = int(row[0])
+    _switch(url, sink, on=True)
+    chaos.pause.resumed_at = scalar(conn, "SELECT clock_timestamp()")
+
+
 def _schedule(plan: Plan, rng: random.Random) -> list[tuple[float, str]]:
-    """When to kill a relay, terminate connections and restart the server, in seconds from
-    the start, spread over the time the publisher needs."""
+    """When to kill a relay, terminate connections, restart the server, pause and resume a
+    sink, in seconds from the start, spread over the time the publisher needs."""
     window = plan.events / plan.publish_rate if plan.publish_rate else 10.0
     actions = [(rng.uniform(1.5, max(2.0, window)), "kill") for _ in range(plan.kills)]
     actions += [
@@ -512,6 +567,11 @@ def _schedule(plan: Plan, rng: random.Random) -> list[tuple[float, str]]:
     ]
     # Away from the termination rounds (a third and two thirds in, or half way).
     actions += [(window * (n + 0.8) / plan.restarts, "restart") for n in range(plan.restarts)]
+    if plan.paused_sink:
+        actions += [
+            (window * plan.pause_window[0], "pause"),
+            (window * plan.pause_window[1], "resume"),
+        ]
     return sorted(actions)
 
 
@@ -545,6 +605,12 @@ def drive(
                 elif action == "terminate":
                     fleet.wait_connected(conn)
                     _terminate_relay_connections(conn, chaos)
+                elif action == "pause":
+                    assert plan.paused_sink is not None
+                    _pause(url, conn, plan.paused_sink, chaos)
+                elif action == "resume":
+                    assert plan.paused_sink is not None
+                    _resume(url, conn, plan.paused_sink, chaos)
                 else:
                     assert server is not None, "a restart needs the run's own server"
                     conn.close()
@@ -574,6 +640,38 @@ def drive(
         conn.close()
 
 
+def parked_sinks(poison_deliveries: dict[str, Any], sinks: Iterable[str]) -> set[str]:
+    """Which of ``sinks``, for an event after the failed poison in its key, wait behind it
+    (docs/decisions/0011-sinks-held-independently.md: per-key order is per sink). A poison
+    never routed (no sink recorded) holds back its whole key; one routed holds back only the
+    sinks it has not reached (alpha at least, which ends every relay delivering it)."""
+    if not poison_deliveries:
+        return set(sinks)
+    return {
+        sink
+        for sink in sinks
+        if sink in poison_deliveries and poison_deliveries[sink].get("status") != "delivered"
+    }
+
+
+def _behind_poison_settled(conn: psycopg.Connection[Any], poison_id: int) -> bool:
+    """Whether every later event of the poison's key has reached each sink not parked
+    behind the poison."""
+    rows = conn.execute(
+        "SELECT e.id, e.topic, e.deliveries FROM outbox_events AS e "
+        "JOIN outbox_events AS p ON p.id = %s AND e.key = p.key AND e.id >= p.id ORDER BY e.id",
+        (poison_id,),
+    ).fetchall()
+    (_, _, poison), later = rows[0], rows[1:]
+    router = Router(SUBSCRIPTIONS)
+    for _, topic, deliveries in later:
+        sinks = router.sinks_for(topic)
+        free = set(sinks) - parked_sinks(poison, sinks)
+        if any(deliveries.get(sink, {}).get("status") != "delivered" for sink in free):
+            return False
+    return True
+
+
 def _progress(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
     row = conn.execute(
         "SELECT count(*), count(*) FILTER (WHERE status = 'done'), "
@@ -596,4 +694,9 @@ def _settled(conn: psycopg.Connection[Any], plan: Plan, publisher: Publisher) ->
         ]
         assert not innocent, f"{len(innocent)} events failed (id, last error): {innocent[:5]}"
     parked = publisher.parked_count()
-    return total == plan.events and done == plan.events - parked and failed == (1 if parked else 0)
+    counted = (
+        total == plan.events and done == plan.events - parked and failed == (1 if parked else 0)
+    )
+    if not counted or publisher.poison_id is None:
+        return counted
+    return _behind_poison_settled(conn, publisher.poison_id)

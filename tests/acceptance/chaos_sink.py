@@ -3,7 +3,8 @@ their PYTHONPATH).
 
 Each sink fails a share of its calls at random and records every success in the
 ``chaos_received`` table (created by ``test_chaos.py``) on a connection of its own, so the
-test can check what each sink really received, in which order, and how often. ``alpha`` and
+test can check what each sink really received, in which order, how often, and when each
+call started. ``alpha`` and
 ``beta`` are async; ``gamma`` is a plain function, run by the relay on threads of its own.
 
 Two payload markers: ``{"poison": true}`` makes ``alpha`` end the relay process on the spot
@@ -20,6 +21,7 @@ raise, recording nothing. Configured by the environment:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import random
 import threading
@@ -33,7 +35,8 @@ from outbox.sinks import Event
 POISON_EXIT_CODE = 77
 
 _INSERT = """
-INSERT INTO chaos_received (sink, event_id, key, attempt, relay_pid) VALUES (%s, %s, %s, %s, %s)
+INSERT INTO chaos_received (sink, event_id, key, attempt, relay_pid, called_at)
+VALUES (%s, %s, %s, %s, %s, %s)
 """
 
 _SYNCHRONOUS_COMMIT = "SELECT set_config('synchronous_commit', %s, false)"
@@ -74,11 +77,15 @@ async def _conn() -> psycopg.AsyncConnection[tuple[object, ...]]:
         return _connection
 
 
-async def _record(sink: str, event: Event) -> None:
+def _row(sink: str, event: Event, called_at: dt.datetime) -> tuple[object, ...]:
+    return (sink, event.id, event.key, event.attempt, os.getpid(), called_at)
+
+
+async def _record(sink: str, event: Event, called_at: dt.datetime) -> None:
     _inject_failure()
     conn = await _conn()
     try:
-        await conn.execute(_INSERT, (sink, event.id, event.key, event.attempt, os.getpid()))
+        await conn.execute(_INSERT, _row(sink, event, called_at))
     except psycopg.Error:
         # The connection may be gone (pg_terminate_backend, a restart): the next call
         # reconnects.
@@ -86,7 +93,7 @@ async def _record(sink: str, event: Event) -> None:
         raise
 
 
-def _record_sync(sink: str, event: Event) -> None:
+def _record_sync(sink: str, event: Event, called_at: dt.datetime) -> None:
     _inject_failure()
     conn: psycopg.Connection[tuple[object, ...]] | None = getattr(_threads, "conn", None)
     if conn is None or conn.closed:
@@ -98,24 +105,31 @@ def _record_sync(sink: str, event: Event) -> None:
         conn.execute(_SYNCHRONOUS_COMMIT, (_synchronous_commit(),))
         _threads.conn = conn
     try:
-        conn.execute(_INSERT, (sink, event.id, event.key, event.attempt, os.getpid()))
+        conn.execute(_INSERT, _row(sink, event, called_at))
     except psycopg.Error:
         conn.close()
         raise
 
 
+def _now() -> dt.datetime:
+    """When a call started (the machine's clock, which the test's database server shares)."""
+    return dt.datetime.now(dt.UTC)
+
+
 async def alpha(event: Event) -> None:
+    called_at = _now()
     if _marked(event, "poison"):
         os._exit(POISON_EXIT_CODE)
-    await _record("alpha", event)
+    await _record("alpha", event, called_at)
 
 
 async def beta(event: Event) -> None:
-    await _record("beta", event)
+    await _record("beta", event, _now())
 
 
 def gamma(event: Event) -> None:
+    called_at = _now()
     if _marked(event, "hang") and event.attempt == 1:
         time.sleep(float(os.environ.get("CHAOS_SINK_HANG_SECONDS", "5")))
         raise RuntimeError("chaos: hung call returned after its timeout")
-    _record_sync("gamma", event)
+    _record_sync("gamma", event, called_at)

@@ -14,7 +14,9 @@ The chaos run has a PostgreSQL server of its own (embedded), and meanwhile:
 - one poison event ends every relay that delivers it (``os._exit(77)`` in a sink); the test
   replaces such relays as a supervisor would. The relay must retry the rows of a dead relay
   without charging them, then the poison alone, charging each death to it until it fails;
-- the sync sink hangs on a few events' first call, past the delivery timeout.
+- the sync sink hangs on a few events' first call, past the delivery timeout;
+- an operator pauses the sink ``beta`` from 20 % to 60 % of the publish window, then
+  resumes it (``outbox.sink_switches.Switches``, as ``outbox sinks pause|resume`` does).
 
 Afterwards the sinks' own records must show: nothing lost, every event at every subscribed
 sink, per-key order kept at each sink, no redelivery after a later event of its key, and
@@ -22,9 +24,13 @@ every duplicate accounted for: the attempt before it either never had its result
 (its relay was SIGKILLed or died of the poison, had its connection terminated, lost the
 server, or lost its lease) or was written as an error although the sink had the event (a
 timeout, the sink's own connection lost). Only the poison has failed, and only the later
-events of its key wait behind it; no other delivery waited longer than a bound after the
-last fault before it (or after its publication). A fault-free control run (no poison, no
-hang, no injected failure) must show no duplicates at all.
+events of its key wait behind it, at the sinks it has not reached (all of them if it was
+never routed); no other delivery waited longer than a bound after the last fault before it
+(or after its publication, or for ``beta`` its resume). While paused,
+``beta`` got only calls that started within a bound after the pause (batches its relays
+routed before they read the switch), the other sinks kept receiving, and deliveries waited
+for it; after the resume it got every one of them, in per-key order. A fault-free control
+run (no poison, no hang, no injected failure, no pause) must show no duplicates at all.
 
 Both runs are made once per claim mode (``lease``, ``lock``); the lock-mode chaos run is a
 shorter one (one termination round).
@@ -67,6 +73,7 @@ pytestmark = pytest.mark.acceptance
 # max_attempts also bounds the poison: it fails after that many relays died delivering it.
 FAILURE_RATE = 0.1
 MAX_ATTEMPTS = 10
+PAUSED_SINK = "beta"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -139,6 +146,7 @@ def _chaos_plan(claim_mode: str) -> Plan:
         claim_mode=claim_mode,
         poison=bool(_env_int("POISON", 1)),
         hangs=_env_int("HANGS", 5),
+        paused_sink=PAUSED_SINK,
     )
 
 
@@ -171,6 +179,8 @@ def test_relays_lose_nothing_and_keep_key_order_through_kills_restarts_and_a_poi
     )
     if claim_mode == "lock":
         assert report.expired_leases == 0, "lock mode wrote a lease"
+    pause = report.pause
+    assert pause is not None
     in_flight = "batches" if claim_mode == "lock" else "events"
     _say(
         capsys,
@@ -183,10 +193,15 @@ def test_relays_lose_nothing_and_keep_key_order_through_kills_restarts_and_a_poi
         f"restarts (publisher: {publisher.lost_transactions} transactions lost and "
         f"published again, {publisher.unknown_commits} unanswered commits found committed); "
         f"poison: {len(chaos.poison_deaths)} relays died, {report.poison_errors} deaths "
-        f"charged; {report.deliveries} deliveries, {report.duplicates} duplicates "
+        f"charged, its sinks {report.poison_sinks}, {report.parked} deliveries parked behind "
+        f"it; {report.deliveries} deliveries, {report.duplicates} duplicates "
         f"({dict(report.causes)}), {report.late_duplicates} after a later event of their "
         f"key; {report.expired_leases} leases expired; other sink errors: "
-        f"{dict(report.errors)}",
+        f"{dict(report.errors)}; {pause.sink} paused {pause.seconds:.1f}s: "
+        f"{pause.receipts} receipts while paused (last call started "
+        f"{pause.last_call:.2f}s, last receipt {pause.last_receipt:.2f}s after the pause), "
+        f"{pause.waiting_at_resume} deliveries waiting at the resume, other sinks' receipts "
+        f"after its last one: {pause.others}",
     )
 
 

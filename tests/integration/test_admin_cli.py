@@ -254,6 +254,8 @@ def test_status_json(database_url: str, workdir: Path, busy: dict[str, int]) -> 
         "relays",
         "connected",
         "fence_holder",
+        "sinks",
+        "unrouted",
     }
     assert report["topics"] == {
         "order.paid": {"pending": 1, "processing": 0, "done": 1, "failed": 1},

@@ -1,0 +1,147 @@
+"""Each sink as an operator sees it: its state and what waits for it (``outbox sinks list``,
+the sinks of ``outbox status``, and the per-sink metrics of ``outbox relay --metrics-port``).
+
+A sink's figures come from its deliveries on the unfinished events: the **backlog** is the
+events whose delivery to it is not finished (``waiting``: held, or behind an earlier event of
+its key; or ``retrying``), the **oldest** is the age of the oldest of them, **failed** the
+events whose delivery to it failed. An event never claimed has no deliveries yet: its sinks
+are not known, so it counts for no sink and is reported apart (:class:`Unrouted`), as are the
+events whose topic matched no subscription, settled ``done`` with nowhere to go.
+
+The statements are in the admin section of ``outbox/sql/queries.sql``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import psycopg
+
+from outbox import _queries
+from outbox.store import driver_errors
+
+Connection = psycopg.AsyncConnection[Any]
+State = Literal["active", "paused", "disabled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkStatus:
+    name: str
+    type: str | None
+    """The sink's type in the configuration; None for a sink it does not name (only the
+    switches or earlier deliveries do)."""
+    state: State
+    """``disabled`` (by an operator or a ``410 Gone``) wins over ``paused``: enabling it is
+    what an operator must do first."""
+    reason: str | None
+    since: dt.datetime | None
+    """When the sink was paused or disabled (the state shown); None while active."""
+    paused: bool
+    disabled: bool
+    backlog: int
+    """Unfinished events whose delivery to this sink is waiting or retrying."""
+    oldest_waiting_seconds: float | None
+    """Age of the oldest event of the backlog; None when the backlog is empty."""
+    failed: int
+    """Unfinished events whose delivery to this sink failed (the event failed, or waits for
+    other sinks)."""
+    last_error: str | None
+    """The error of its delivery on the newest unfinished event that has one."""
+
+    @property
+    def held(self) -> bool:
+        """Paused or disabled: its deliveries wait, none attempted."""
+        return self.paused or self.disabled
+
+
+@dataclasses.dataclass(frozen=True)
+class Unrouted:
+    not_routed: int
+    """Pending events never claimed: which sinks they go to is not known yet."""
+    no_subscription: int
+    """Done events whose topic matched no subscription, among those retention keeps."""
+    no_subscription_last_hour: int
+    """The same, settled in the last hour."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SinksReport:
+    sinks: list[SinkStatus]
+    unrouted: Unrouted
+
+
+@dataclasses.dataclass(frozen=True)
+class _Figures:
+    backlog: int = 0
+    oldest_waiting_seconds: float | None = None
+    failed: int = 0
+    last_error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Switch:
+    paused_at: dt.datetime | None = None
+    paused_reason: str | None = None
+    disabled_at: dt.datetime | None = None
+    disabled_reason: str | None = None
+
+
+async def sinks(
+    conn: Connection, schema: str, configured: Mapping[str, str] | None = None
+) -> SinksReport:
+    """Every sink: those ``configured`` (name to type), those the switches name, and those
+    with deliveries on unfinished events; by name. Then the events no sink counts."""
+    return SinksReport(await statuses(conn, schema, configured), await unrouted(conn, schema))
+
+
+async def statuses(
+    conn: Connection, schema: str, configured: Mapping[str, str] | None = None
+) -> list[SinkStatus]:
+    """Each sink's state and figures, as :func:`sinks` lists them (two statements)."""
+    types = dict(configured or {})
+    figures = {row[0]: _Figures(*row[1:]) for row in await _fetch(conn, schema, "sink_figures")}
+    switches = {row[0]: _Switch(*row[1:]) for row in await _fetch(conn, schema, "sink_switches")}
+    names = sorted(types.keys() | figures.keys() | switches.keys())
+    return [
+        _status(name, types.get(name), figures.get(name, _Figures()), switches.get(name))
+        for name in names
+    ]
+
+
+async def unrouted(conn: Connection, schema: str) -> Unrouted:
+    """The events no sink counts: not routed yet, and settled with no subscribed sink."""
+    found = await _fetch(conn, schema, "unrouted_events")
+    return Unrouted(*found[0])
+
+
+def _status(name: str, type_: str | None, figures: _Figures, switch: _Switch | None) -> SinkStatus:
+    switch = switch or _Switch()
+    state: State = "active"
+    reason, since = None, None
+    if switch.disabled_at is not None:
+        state, reason, since = "disabled", switch.disabled_reason, switch.disabled_at
+    elif switch.paused_at is not None:
+        state, reason, since = "paused", switch.paused_reason, switch.paused_at
+    oldest = figures.oldest_waiting_seconds
+    return SinkStatus(
+        name=name,
+        type=type_,
+        state=state,
+        reason=reason,
+        since=since,
+        paused=switch.paused_at is not None,
+        disabled=switch.disabled_at is not None,
+        backlog=figures.backlog,
+        oldest_waiting_seconds=None if oldest is None else max(0.0, oldest),
+        failed=figures.failed,
+        last_error=figures.last_error,
+    )
+
+
+async def _fetch(conn: Connection, schema: str, name: str) -> list[tuple[Any, ...]]:
+    with driver_errors():
+        cursor = await conn.execute(_queries.for_schema(schema)[name])
+        return list(await cursor.fetchall())
