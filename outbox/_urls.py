@@ -8,6 +8,7 @@ the URL: a password is in it.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -74,3 +75,10 @@ def with_database(url: str, name: str) -> str:
 def sqlalchemy_url(url: str, *, driver: str = "psycopg") -> str:
     """The URL with an explicit SQLAlchemy driver (psycopg 3 by default)."""
     return _SCHEME.sub(f"postgresql+{driver}://", url, count=1)
+
+
+@functools.cache
+def options_without_jit(url: str) -> str:
+    """The server ``options`` of libpq URL ``url`` (if any), with ``jit`` switched off."""
+    options = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
+    return f"{options} -c jit=off".strip()

@@ -32,6 +32,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from outbox import _queries
+from outbox._urls import options_without_jit
 from outbox.exceptions import DatabaseError, DatabaseUnavailable, MigrationError
 from outbox.records import Claim, ClaimedRow, Settlement
 from outbox.retry import HELD_UNTIL, RetryPolicy
@@ -104,10 +105,15 @@ class Connector:
     relay: str
 
     async def connect(self) -> Connection:
-        """A connection the caller keeps (and closes with :func:`close_quietly`)."""
+        """A connection the caller keeps (and closes with :func:`close_quietly`). JIT is off
+        on it: the claim's per-key subplans are estimated far above ``jit_above_cost`` on a
+        table with a backlog, and compiling them took most of a claim's time (issue 12)."""
         with _DRIVER_ERRORS:
             return await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name=relay_application_name(self.relay)
+                self.url,
+                autocommit=True,
+                application_name=relay_application_name(self.relay),
+                options=options_without_jit(self.url),
             )
 
     @contextlib.asynccontextmanager

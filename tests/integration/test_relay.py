@@ -978,3 +978,21 @@ async def test_an_unreachable_server_is_unavailable() -> None:
     with pytest.raises(DatabaseUnavailable) as raised:
         await connector.connect()
     assert isinstance(raised.value.__cause__, psycopg.OperationalError)
+
+
+async def test_relay_connections_run_without_jit_and_keep_the_urls_options(
+    database_url: str,
+) -> None:
+    """JIT compiled the keyed claim's subplans on every claim (a backlog makes their
+    estimates huge): the relay switches it off on its connections, keeping the URL's own
+    server options."""
+    separator = "&" if "?" in database_url else "?"
+    url = f"{database_url}{separator}options=-c%20statement_timeout%3D4321"
+    conn = await Connector(url, "jit-check").connect()
+    try:
+        cursor = await conn.execute(
+            "SELECT current_setting('jit'), current_setting('statement_timeout')"
+        )
+        assert await cursor.fetchone() == ("off", "4321ms")
+    finally:
+        await conn.close()
