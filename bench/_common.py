@@ -93,6 +93,26 @@ def fill(url: str, pending: int, *, done: int = 0, truncate: bool = True) -> Non
             conn.execute("CHECKPOINT")
 
 
+FILL_KEYED = """
+INSERT INTO outbox_events (topic, key, payload)
+SELECT 'bench.event',
+       CASE WHEN %(keys)s > 0 THEN 'key-' || (n %% %(keys)s) END,
+       jsonb_build_object('n', n, 'text', repeat('x', 100))
+FROM generate_series(1, %(events)s) AS n
+"""
+
+
+def fill_keyed(url: str, events: int, keys: int) -> None:
+    """An empty table, then ``events`` pending rows over ``keys`` ordering keys (0: none),
+    vacuumed and analysed."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE outbox_events")
+        conn.execute(FILL_KEYED, {"events": events, "keys": keys})
+        conn.execute("VACUUM ANALYZE outbox_events")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")  # not in the middle of a measurement
+
+
 def scalar(url: str, query: str) -> object:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(query.encode()).fetchone()

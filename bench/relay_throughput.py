@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import datetime as dt
 import os
@@ -52,22 +51,6 @@ SINK = "noop"
 
 # The whole table filled in one statement. Keys, when asked for, cycle so that every key has
 # events spread over the whole table.
-_FILL = """
-INSERT INTO outbox_events (topic, key, payload)
-SELECT 'bench.event',
-       CASE WHEN %(keys)s > 0 THEN 'key-' || (n %% %(keys)s) END,
-       jsonb_build_object('n', n, 'text', repeat('x', 100))
-FROM generate_series(1, %(events)s) AS n
-"""
-
-
-def _fill(url: str, events: int, keys: int) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE outbox_events")
-        conn.execute(_FILL, {"events": events, "keys": keys})
-        conn.execute("VACUUM ANALYZE outbox_events")
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            conn.execute("CHECKPOINT")  # not in the middle of a measurement
 
 
 def _count_done(url: str) -> int:
@@ -147,7 +130,7 @@ async def _relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
 def _measure(
     url: str, batch_size: int, events: int, keys: int, which: str, claim_mode: ClaimMode
 ) -> float:
-    _fill(url, events, keys)
+    _common.fill_keyed(url, events, keys)
     runner = _ceiling if which == "ceiling" else _relay
     seconds = asyncio.run(runner(url, batch_size, claim_mode))
     done = _count_done(url)
@@ -167,7 +150,7 @@ def _best_of(args: argparse.Namespace, url: str, size: int, events: int) -> tupl
 
 
 def _profile(url: str, batch_size: int, events: int, keys: int, claim_mode: ClaimMode) -> None:
-    _fill(url, events, keys)
+    _common.fill_keyed(url, events, keys)
     profiler = cProfile.Profile()
     profiler.enable()
     asyncio.run(_relay(url, batch_size, claim_mode))

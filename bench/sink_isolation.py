@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import time
@@ -42,14 +41,6 @@ FAILING = "failing"
 TARGET = 0.8
 
 # Keys, when asked for, cycle so that every key has events spread over the whole table.
-_FILL = """
-INSERT INTO outbox_events (topic, key, payload)
-SELECT 'bench.event',
-       CASE WHEN %(keys)s > 0 THEN 'key-' || (n %% %(keys)s) END,
-       jsonb_build_object('n', n, 'text', repeat('x', 100))
-FROM generate_series(1, %(events)s) AS n
-"""
-
 _DELIVERED_TO = """
 SELECT count(*) FROM outbox_events WHERE deliveries -> %(sink)s ->> 'status' = %(delivered)s
 """
@@ -103,15 +94,6 @@ class Failing:
         raise RetryableError("bench: this sink fails every delivery")
 
 
-def _fill(url: str, events: int, keys: int) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE outbox_events")
-        conn.execute(_FILL, {"events": events, "keys": keys})
-        conn.execute("VACUUM ANALYZE outbox_events")
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            conn.execute("CHECKPOINT")  # not in the middle of a measurement
-
-
 def _delivered_to(url: str, sink: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(_DELIVERED_TO, {"sink": sink, "delivered": DELIVERED}).fetchone()
@@ -161,7 +143,7 @@ async def _all_received(receivers: Iterable[Receiver]) -> None:
 
 def _run(url: str, args: argparse.Namespace, keys: int, with_failing: bool) -> tuple[float, int]:
     """Events/s per healthy sink, and the failing sink's attempts, for one run (checked)."""
-    _fill(url, args.events, keys)
+    _common.fill_keyed(url, args.events, keys)
     seconds, receivers, attempts = asyncio.run(_deliver(url, args, with_failing))
     for name, receiver in receivers.items():
         problems = receiver.problems()

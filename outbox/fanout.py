@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_NO_WAITS: dict[str, dt.datetime] = {}
+
 Deliveries = dict[str, list[tuple[ClaimedRow, Event]]]
 """Per sink name, the events it is to get, each beside the row it came from."""
 
@@ -78,8 +80,8 @@ class Batch:
     outcomes: dict[int, dict[str, Outcome]]
     """Per event id, per sink attempted in this batch: what the attempt came to."""
     waits: dict[int, dict[str, dt.datetime]]
-    """Per event id, the sinks due but not attempted (held, or behind an earlier event of
-    the key), each with when to look again."""
+    """Per event id that has any, the sinks due but not attempted (held, or behind an
+    earlier event of the key), each with when to look again."""
     direct: Deliveries
     """Sinks called directly."""
     in_transaction: Deliveries
@@ -139,18 +141,17 @@ class FanOut:
         """Group the batch by sink: sinks delivered directly, sinks writing in the settle
         transaction. Held sinks, and sinks an earlier event of the key has not reached, wait
         without a call."""
-        ids = [row.id for row in claim.rows]
-        batch = Batch(claim, time.monotonic(), {i: {} for i in ids}, {i: {} for i in ids}, {}, {})
+        batch = Batch(claim, time.monotonic(), {row.id: {} for row in claim.rows}, {}, {}, {})
         direct, in_transaction = batch.direct, batch.in_transaction
         for row in claim.rows:
             for sink_name in sinks_due(
                 self._router.sinks_for(row.topic), row.deliveries, claim.now
             ):
                 if sink_name in self.held:
-                    batch.waits[row.id][sink_name] = HELD_UNTIL
+                    batch.waits.setdefault(row.id, {})[sink_name] = HELD_UNTIL
                     continue
                 if sink_name in row.blocked:
-                    batch.waits[row.id][sink_name] = row.blocked[sink_name]
+                    batch.waits.setdefault(row.id, {})[sink_name] = row.blocked[sink_name]
                     continue
                 group = in_transaction if self._sinks[sink_name].transactional else direct
                 group.setdefault(sink_name, []).append((row, _event_for(row, sink_name)))
@@ -202,7 +203,7 @@ class FanOut:
                 waited = time.monotonic() - batch.started + grant.wait_seconds
                 until = batch.claim.now + dt.timedelta(seconds=waited)
                 for row, _ in items[grant.granted :]:
-                    batch.waits[row.id][name] = until
+                    batch.waits.setdefault(row.id, {})[name] = until
                 if grant.granted:
                     group[name] = items[: grant.granted]
                 else:
@@ -224,7 +225,8 @@ class FanOut:
         first_try: dict[tuple[tuple[str, ...], tuple[str, ...]], Settlement] = {}
         settled = []
         for row in claim.rows:
-            attempted, waits = outcomes[row.id], self._current(batch.waits[row.id], now)
+            attempted = outcomes[row.id]
+            waits = self._current(batch.waits.get(row.id, _NO_WAITS), now)
             if (
                 row.deliveries
                 or row.errors

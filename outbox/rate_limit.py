@@ -15,7 +15,6 @@ most half a burst's worth); then a claim takes them again.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -23,7 +22,8 @@ from collections.abc import Mapping
 
 from outbox import _queries
 from outbox.exceptions import DatabaseError
-from outbox.store import Connection, Connector, close_quietly, describe, driver_errors
+from outbox.own_connection import OwnConnection
+from outbox.store import Connector, describe, driver_errors
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,8 @@ class RateLimiter:
 
     def __init__(self, schema: str, connector: Connector, rates: Mapping[str, Rate]) -> None:
         self._take = _queries.for_schema(schema)["take_sink_tokens"]
-        self._connector = connector
+        self._own = OwnConnection(connector)
         self._rates = dict(rates)
-        self._conn: Connection | None = None
-        self._lock = asyncio.Lock()
 
     def limits(self, sink: str) -> bool:
         return sink in self._rates
@@ -94,23 +92,19 @@ class RateLimiter:
         reached, nothing is granted and the events wait a second."""
         rate = self._rates[sink]
         params = {"name": sink, "asked": asked, "burst": rate.burst, "per_second": rate.per_second}
-        async with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = await self._connector.connect()
+        try:
+            async with self._own.use() as conn:
                 with driver_errors():
-                    cursor = await self._conn.execute(self._take, params)
+                    cursor = await conn.execute(self._take, params)
                     record = await cursor.fetchone()
-            except DatabaseError as error:
-                await close_quietly(self._conn)
-                self._conn = None
-                logger.warning(
-                    "rate limit of sink %s not reached (%s): its events wait",
-                    sink,
-                    describe(error),
-                    extra={"sink": sink},
-                )
-                return Grant(0, UNAVAILABLE_WAIT)
+        except DatabaseError as error:
+            logger.warning(
+                "rate limit of sink %s not reached (%s): its events wait",
+                sink,
+                describe(error),
+                extra={"sink": sink},
+            )
+            return Grant(0, UNAVAILABLE_WAIT)
         assert record is not None
         granted, tokens = int(record[0]), float(record[1])
         # Look again once the bucket holds half a burst: waiting for a full one would waste
@@ -119,5 +113,4 @@ class RateLimiter:
         return Grant(granted, max(wanted - tokens, 0.0) / rate.per_second)
 
     async def aclose(self) -> None:
-        await close_quietly(self._conn)
-        self._conn = None
+        await self._own.aclose()

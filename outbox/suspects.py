@@ -20,27 +20,25 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from outbox.exceptions import DatabaseError
+from outbox.own_connection import OwnConnection
 from outbox.records import ClaimedRow
-from outbox.store import Connection, Connector, Store, close_quietly
+from outbox.store import Connection, Connector, Store
 
 logger = logging.getLogger(__name__)
 
 
 class Turn:
-    """One worker's batch under the gate: whether its claim may take a suspect, and what it
-    took."""
+    """One worker's batch under the gate: whether its claim may take a suspect."""
 
-    __slots__ = ("_gate", "holds_suspect", "may_take_suspect")
+    __slots__ = ("_gate", "may_take_suspect")
 
     def __init__(self, gate: SuspectGate, may_take_suspect: bool) -> None:
         self._gate = gate
         self.may_take_suspect = may_take_suspect
-        self.holds_suspect = False
 
     async def claimed(self, suspect: bool) -> None:
         """Report what the claim took: a suspect keeps the relay's other workers waiting
         until this batch ends; anything else lets them claim now."""
-        self.holds_suspect = suspect
         if suspect:
             self._gate.suspects_waiting()  # there may be more: the next turn looks again
         elif self.may_take_suspect:
@@ -103,59 +101,35 @@ class ClaimJournal:
 
     def __init__(self, store: Store, connector: Connector) -> None:
         self._store = store
-        self._connector = connector
-        self._conn: Connection | None = None
-        self._lock = asyncio.Lock()
+        self._own = OwnConnection(connector, store.prepare_journal_session)
         self._undropped: list[int] = []
 
     async def open(self, rows: Sequence[ClaimedRow], suspect: bool) -> int:
         """Record a batch before its sinks are called; return the record's id."""
-        async with self._lock:
-            try:
-                conn = await self._connection()
-                await self._drop_undropped(conn)
-                return await self._store.open_claim(conn, rows, suspect)
-            except DatabaseError:
-                await self._close()
-                raise
+        async with self._own.use() as conn:
+            await self._drop_undropped(conn)
+            return await self._store.open_claim(conn, rows, suspect)
 
     async def flush(self) -> None:
         """Drop the records that :meth:`drop` could not (their rows are not claimed while
         the records stand); a DatabaseError if the database still fails."""
-        if not self._undropped:
-            return
-        async with self._lock:
-            try:
-                await self._drop_undropped(await self._connection())
-            except DatabaseError:
-                await self._close()
-                raise
+        if self._undropped:
+            async with self._own.use() as conn:
+                await self._drop_undropped(conn)
 
     async def drop(self, claim: int) -> None:
         """Forget the record of a batch that ended without a commit (retried with the next
         :meth:`open` if the database fails now)."""
-        async with self._lock:
-            try:
-                await self._store.drop_claim(await self._connection(), claim)
-            except DatabaseError:
-                self._undropped.append(claim)
-                await self._close()
+        try:
+            async with self._own.use() as conn:
+                await self._store.drop_claim(conn, claim)
+        except DatabaseError:
+            self._undropped.append(claim)
 
     async def aclose(self) -> None:
-        async with self._lock:
-            await self._close()
+        await self._own.aclose()
 
     async def _drop_undropped(self, conn: Connection) -> None:
         while self._undropped:
             await self._store.drop_claim(conn, self._undropped[-1])
             self._undropped.pop()
-
-    async def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = await self._connector.connect()
-            await self._store.prepare_journal_session(self._conn)
-        return self._conn
-
-    async def _close(self) -> None:
-        await close_quietly(self._conn)
-        self._conn = None
