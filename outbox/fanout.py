@@ -33,7 +33,6 @@ from outbox.rate_limit import Rate, RateLimiter
 from outbox.records import Claim, ClaimedRow, Settlement
 from outbox.retry import (
     HELD_UNTIL,
-    SUCCESS,
     Outcome,
     RetryPolicy,
     classify,
@@ -220,25 +219,33 @@ class FanOut:
         """What to write back for each event of ``batch``, as of now."""
         claim, outcomes = batch.claim, batch.outcomes
         now = claim.now + dt.timedelta(seconds=time.monotonic() - batch.started)
-        # Events on their first claim that every sink accepted (most of them) settle alike
-        # for a given set of sinks, with no randomness: decided once per batch and shared.
-        first_try: dict[tuple[tuple[str, ...], tuple[str, ...]], Settlement] = {}
+        # Events on their first claim settle alike when their sinks came to the same
+        # outcomes (most often: every sink accepted) and wait alike: decided once per batch
+        # and shared, a retry's backoff included (the batch's events that one sink refused
+        # alike are retried together).
+        first_try: dict[tuple[object, ...], Settlement] = {}
+        freed: set[tuple[str | None, str]] = set()  # (key, sink) reached in this batch
         settled = []
         for row in claim.rows:
             attempted = outcomes[row.id]
             waits = self._current(batch.waits.get(row.id, _NO_WAITS), now)
-            if (
-                row.deliveries
-                or row.errors
-                or waits
-                or any(o is not SUCCESS for o in attempted.values())
-            ):
-                settled.append((row, self._settlement(row, attempted, waits, now)))
+            if freed and any((row.key, sink) in freed for sink in waits):
+                waits = {s: now if (row.key, s) in freed else u for s, u in waits.items()}
+            if row.deliveries or row.errors:
+                own = self._settlement(row, attempted, waits, now)
+                if row.key is not None:
+                    freed.update((row.key, sink) for sink in own.freed)
+                settled.append((row, own))
                 continue
-            sinks = (self._router.sinks_for(row.topic), tuple(attempted))
-            settlement = first_try.get(sinks)
+            alike = (
+                self._router.sinks_for(row.topic),
+                tuple(attempted.items()),
+                tuple(waits.items()),
+                tuple(row.blocked),
+            )
+            settlement = first_try.get(alike)
             if settlement is None:
-                settlement = first_try[sinks] = self._settlement(row, attempted, waits, now)
+                settlement = first_try[alike] = self._settlement(row, attempted, waits, now)
             settled.append((row, settlement))
         return settled
 
@@ -274,6 +281,7 @@ class FanOut:
             policy=self._retry,
             waits=waits,
             policies=self._policies,
+            blocked=row.blocked,
         )
 
     async def _record(

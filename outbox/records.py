@@ -57,3 +57,9 @@ class Settlement:
     attempted: bool = True
     """Whether a sink was called for it: a claim that only found its sinks held, or behind
     an earlier event of its key, counts no attempt."""
+    freed: tuple[str, ...] = ()
+    """Sinks it reached after waiting or retrying there: the next event of its key that
+    waits behind it for one of them may go now (decision 11)."""
+    blocked: tuple[str, ...] = ()
+    """Sinks it waits at behind an earlier event of its key: the settle looks whether that
+    event reached them meanwhile."""

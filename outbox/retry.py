@@ -127,11 +127,12 @@ def settle_event(
     rng: random.Random | None = None,
     waits: Mapping[str, dt.datetime] | None = None,
     policies: Mapping[str, RetryPolicy] | None = None,
+    blocked: Iterable[str] = (),
 ) -> Settlement:
     """Decide an event's next state from this claim's outcomes, one per sink attempted, and
     ``waits``: sinks due but not attempted, each with when to look again (:data:`HELD_UNTIL`
-    for a held sink: when it is resumed; else the earlier event of its key it waits
-    behind), which wait with no attempt counted.
+    for a held sink: when it is resumed), which wait with no attempt counted; those in
+    ``blocked`` wait behind an earlier event of the key.
 
     ``now`` is the database time at settle. Sinks keep their own attempts and wait times, so
     a retry goes only to sinks that have not acknowledged, each when it is due. A sink in
@@ -162,7 +163,17 @@ def settle_event(
             )
     new_errors = new_errors[-policy.errors_kept :]
     settlement = _summarise(subscribed, new_deliveries, new_errors, now)
-    return settlement if outcomes else dataclasses.replace(settlement, attempted=False)
+    freed = tuple(
+        name
+        for name, outcome in outcomes.items()
+        if outcome.ok and deliveries.get(name, {}).get("status") in (WAITING, RETRYING)
+    )
+    held_back = tuple(name for name in blocked if name in (waits or {}))
+    if freed or held_back or not outcomes:
+        settlement = dataclasses.replace(
+            settlement, attempted=bool(outcomes), freed=freed, blocked=held_back
+        )
+    return settlement
 
 
 def _apply_outcome(
@@ -208,8 +219,7 @@ def _summarise(
 
 def _next_look(state: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
     """When a claim should look at this sink of the event again: a retry when it is due, a
-    held sink when it is resumed (never by itself), a sink behind an earlier event of its
-    key at once (the claim takes the event only once that earlier event has reached it)."""
+    waiting sink at its ``until`` (never by itself for a held sink: when it is resumed)."""
     if state.get("status") == WAITING:
         return max(dt.datetime.fromisoformat(state["until"]), now) if "until" in state else now
     return _not_before(state) if "not_before" in state else now

@@ -95,6 +95,12 @@ events = Table(
         "id",
         postgresql_where=text("key IS NOT NULL AND status <> 'done'"),
     ),
+    Index(
+        "outbox_events_unrouted_idx",
+        "key",
+        "id",
+        postgresql_where=text("key IS NOT NULL AND status <> 'done' AND deliveries = '{}'::jsonb"),
+    ),
     Index("outbox_events_done_idx", "done_at", postgresql_where=text("status = 'done'")),
     Index(
         "outbox_events_suspect_idx",

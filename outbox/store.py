@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
-import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from outbox import _queries
+from outbox import _queries, store_rows
 from outbox._urls import options_without_jit
 from outbox.exceptions import DatabaseError, DatabaseUnavailable, MigrationError
 from outbox.records import Claim, ClaimedRow, Settlement
-from outbox.retry import HELD_UNTIL, RetryPolicy
+from outbox.retry import RetryPolicy
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -171,6 +168,7 @@ class Store:
         statements = _queries.for_schema(schema)
         self._claim = statements["claim_leased"]
         self._settle = statements["settle_leased"]
+        self._lock_keys = statements["lock_keys"]
         self._claim_locked = statements["claim_locked"]
         self._settle_locked = statements["settle_locked"]
         self._settle_locked_alike = statements["settle_locked_alike"]
@@ -210,7 +208,7 @@ class Store:
         with _DRIVER_ERRORS:
             cursor = await conn.execute(self._claim, params)
             records = await cursor.fetchall()
-        return _claim_of(records)
+        return store_rows.claim_of(records)
 
     async def claim_locked(self, conn: Connection, *, limit: int, take_suspect: bool) -> Claim:
         """Lock a batch of due rows (or one suspect, as :meth:`claim`); call inside the
@@ -219,7 +217,7 @@ class Store:
         with _DRIVER_ERRORS:
             cursor = await conn.execute(self._claim_locked, params)
             records = await cursor.fetchall()
-        return _claim_of(records)
+        return store_rows.claim_of(records)
 
     async def open_claim(self, conn: Connection, rows: Sequence[ClaimedRow], suspect: bool) -> int:
         """Record a lock-mode batch in flight, on a connection other than the batch's; return
@@ -244,10 +242,16 @@ class Store:
         self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
     ) -> set[int]:
         """Write back a batch; return the ids whose lease still held."""
-        payload = json.dumps([_settle_row(row, outcome) for row, outcome in settled])
+        params = {"rows": store_rows.settle_payload(settled)}
+        keys = store_rows.keys_to_lock(settled)
         with _DRIVER_ERRORS:
-            cursor = await conn.execute(self._settle, {"rows": payload})
-            return {record[0] for record in await cursor.fetchall()}
+            if not keys:
+                cursor = await conn.execute(self._settle, params)
+                return {record[0] for record in await cursor.fetchall()}
+            async with conn.transaction():
+                await conn.execute(self._lock_keys, {"keys": keys})
+                cursor = await conn.execute(self._settle, params)
+                return {record[0] for record in await cursor.fetchall()}
 
     async def settle_locked(
         self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]], claim: int
@@ -257,13 +261,15 @@ class Store:
         if not settled:
             return set()
         first = settled[0][1]
-        if all(settlement == first for _, settlement in settled):
-            statement, params = self._settle_locked_alike, _alike_params(settled, first)
+        if not (first.freed or first.blocked) and all(s == first for _, s in settled):
+            statement, params = self._settle_locked_alike, store_rows.alike_params(settled, first)
         else:
-            payload = json.dumps([_settle_row(row, outcome) for row, outcome in settled])
-            statement, params = self._settle_locked, {"rows": payload}
+            statement, params = self._settle_locked, {"rows": store_rows.settle_payload(settled)}
         params["claim"] = claim
+        keys = store_rows.keys_to_lock(settled)
         with _DRIVER_ERRORS:
+            if keys:
+                await conn.execute(self._lock_keys, {"keys": keys})
             cursor = await conn.execute(statement, params)
             return {record[0] for record in await cursor.fetchall()}
 
@@ -384,64 +390,3 @@ class Store:
         """A round trip on ``conn``: a silent network failure shows up here."""
         with _DRIVER_ERRORS:
             await conn.execute(self._ping)
-
-
-def _claim_of(records: list[TupleRow]) -> Claim:
-    if not records:
-        return Claim([], dt.datetime.now(dt.UTC))
-    now = records[0][10]
-    # Payloads come as text, decoded as one JSON array for the batch: one jsonb decode per
-    # row was the largest share of the claim's time. Empty jsonb comes back as NULL: most
-    # rows have no headers, deliveries or errors yet, and need nothing decoded.
-    payloads = json.loads("[" + ",".join(record[3] for record in records) + "]")
-    rows = [
-        ClaimedRow(
-            id, topic, key, payload, headers or {}, attempts, deliveries or {},
-            errors or [], created_at, lease_token, _blocked(blocked),
-        )
-        for (id, topic, key, _, headers, attempts, deliveries, errors, created_at,
-             lease_token, _, _, blocked), payload in zip(records, payloads, strict=True)
-    ]  # fmt: skip
-    rows.sort(key=lambda row: row.id)
-    return Claim(rows, now, suspect=bool(records[0][11]))
-
-
-def _blocked(found: dict[str, str] | None) -> dict[str, dt.datetime]:
-    """The claim's blocked sinks, each with its time to look again ('infinity': never)."""
-    if not found:
-        return {}
-    return {sink: _until(text) for sink, text in found.items()}
-
-
-def _until(text: str) -> dt.datetime:
-    if text == "infinity":
-        return HELD_UNTIL
-    return min(dt.datetime.fromisoformat(text), HELD_UNTIL)
-
-
-def _alike_params(
-    settled: Sequence[tuple[ClaimedRow, Settlement]], first: Settlement
-) -> dict[str, Any]:
-    return {
-        "ids": [row.id for row, _ in settled],
-        "status": first.status,
-        "process_at": first.process_at,
-        "deliveries": json.dumps(first.deliveries),
-        "errors": json.dumps(first.errors),
-        "last_error": first.last_error,
-        "finished": first.status in ("done", "failed"),
-        "attempted": first.attempted,
-    }
-
-
-def _settle_row(row: ClaimedRow, settlement: Settlement) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "token": None if row.lease_token is None else str(row.lease_token),
-        "status": settlement.status,
-        "process_at": settlement.process_at.isoformat() if settlement.process_at else None,
-        "deliveries": settlement.deliveries,
-        "errors": settlement.errors,
-        "last_error": settlement.last_error,
-        "attempted": settlement.attempted,
-    }

@@ -54,30 +54,29 @@ EXISTS (
       AND earlier.deliveries -> d.key ->> 'status' <> 'delivered')
 
 -- fragment: deliverable
--- Whether the pending row `e` has something a claim can deliver now (decision 11). An
--- unkeyed row always. A keyed row only if no earlier event of its key is still unrouted
--- (never claimed: which sinks it goes to is not known yet), and then either it is unrouted
--- itself or one of its sinks is due (waiting, or retrying and past its time) and not
--- blocked by an earlier event of its key (outbox_events_key_idx).
-(e.key IS NULL OR (
-    NOT EXISTS (
-        SELECT 1 FROM {table} AS earlier
-        WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done'
-          AND earlier.deliveries = '{{}}'::jsonb)
-    AND (e.deliveries = '{{}}'::jsonb OR EXISTS (
-        SELECT 1 FROM jsonb_each(e.deliveries) AS d
-        WHERE (d.value ->> 'status' = 'waiting'
-               OR (d.value ->> 'status' = 'retrying'
-                   AND COALESCE((d.value ->> 'not_before')::timestamptz <= now(), true)))
-          AND NOT {sink_blocked}))))
+-- Whether the pending row `e` may be claimed as far as its key goes (decision 11): an unkeyed
+-- row always; a keyed row only if no earlier event of its key is still unrouted (never
+-- claimed: which sinks it goes to is not known yet). A claimed row whose sinks all wait
+-- behind earlier events is routed with no call: each such sink waits, and the row looks again
+-- when that earlier event reaches the sink (see woken_behind) or at a bound (blocked_sinks)
+-- (outbox_events_unrouted_idx).
+(e.key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {table} AS earlier
+    WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done'
+      AND earlier.deliveries = '{{}}'::jsonb))
 
 -- fragment: blocked_sinks
 -- For the claimed keyed row `e`, the sinks an earlier event of its key has not reached yet
--- (as sink_blocked), each with when to look again: at the earlier event's retry, when that
--- event is next due (its own sinks waiting), or never by itself ('infinity': it failed
--- there, parking the key for that sink until an operator retries it). A JSON object; NULL
+-- (as sink_blocked), each with when to look again: never by itself ('infinity') behind an
+-- event that failed there, which parks the key for that sink until an operator retries or
+-- purges it; else when that earlier event is next due, and no sooner than a minute from now.
+-- The settle that delivers the earlier event there wakes the next one (woken_behind); the
+-- bound only covers a row in flight at that moment, which the wake skips. A JSON object; NULL
 -- for an unkeyed row or one blocked nowhere (outbox_events_key_idx).
-(SELECT jsonb_object_agg(b.sink, b.until) FROM (
+(CASE WHEN e.key IS NOT NULL AND EXISTS (
+    SELECT 1 FROM {table} AS earlier
+    WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')
+THEN (SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '1 minute')) FROM (
     SELECT d.key AS sink,
            max(CASE d.value ->> 'status'
                    WHEN 'failed' THEN 'infinity'::timestamptz
@@ -86,7 +85,7 @@ EXISTS (
     FROM {table} AS earlier CROSS JOIN LATERAL jsonb_each(earlier.deliveries) AS d
     WHERE e.key IS NOT NULL AND earlier.key = e.key AND earlier.id < e.id
       AND earlier.status <> 'done' AND d.value ->> 'status' <> 'delivered'
-    GROUP BY d.key) AS b)
+    GROUP BY d.key) AS b) END)
 
 -- fragment: claimable
 -- The conditions a due row `e` meets to be claimed: pending and due
@@ -165,15 +164,53 @@ e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attem
 NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb), e.created_at, NULL::uuid,
 now(), e.suspect, {blocked_sinks}
 
+-- fragment: next_look
+-- The settled row's next look: now if one of the sinks it waits at behind an earlier event
+-- (s.blocked) is blocked no more (that event reached the sink while this row was in flight,
+-- and its wake passed this row by); else as the relay decided (decision 11).
+CASE WHEN EXISTS (SELECT 1 FROM unnest(s.blocked) AS d(key) WHERE NOT {sink_blocked})
+     THEN now() ELSE COALESCE(s.process_at, e.process_at) END
+
+-- fragment: woken_behind
+-- A CTE after `settled` (the rows just written, with the sinks each delivered to after
+-- waiting or retrying: s.freed): per key and such sink, the next unfinished event that has
+-- not reached it looks again now (decision 11). Rows locked by another claim are skipped:
+-- that claim's settle looks for itself (next_look). Rows of this batch are left to the relay
+-- (outbox_events_key_idx, then primary keys).
+woken AS (
+    UPDATE {table} AS w SET process_at = now()
+    FROM (
+        SELECT next.id FROM {table} AS next
+        WHERE next.id IN (
+                SELECT (SELECT min(later.id) FROM {table} AS later
+                        WHERE later.key = f.key AND later.id > f.id AND later.status <> 'done'
+                          AND later.deliveries -> d.sink ->> 'status' <> 'delivered')
+                FROM settled AS f CROSS JOIN unnest(f.freed) AS d(sink)
+                WHERE f.key IS NOT NULL)
+          AND next.id NOT IN (SELECT id FROM settled)
+          AND next.status = 'pending' AND next.process_at > now()
+        FOR UPDATE SKIP LOCKED) AS n
+    WHERE w.id = n.id)
+
+-- name: lock_keys
+-- Before a settle that delivers events to sinks they waited or retried at, or that leaves
+-- events waiting behind earlier ones (decision 11): the keys' advisory locks, for this
+-- transaction, in one order. The two settles of one key then run one after the other, and
+-- the later one sees what the earlier one wrote (woken_behind, next_look). No table.
+SELECT pg_advisory_xact_lock(1869573221, k.hash)
+FROM (SELECT DISTINCT hashtext(key) AS hash FROM unnest(CAST(%(keys)s AS text[])) AS key
+      ORDER BY 1 OFFSET 0) AS k
+
 -- name: settle_leased
 -- Settle a batch in one statement. The compare-and-set on lease token means a relay whose
 -- lease expired (and whose rows another relay reclaimed) changes nothing. The claim counted
 -- an attempt: given back for a row no sink was called for (held, or behind an earlier event
 -- of its key). Primary key.
+WITH settled AS (
 UPDATE {table} AS e
 SET status = s.status,
     attempts = e.attempts - (NOT s.attempted)::int,
-    process_at = COALESCE(s.process_at, e.process_at),
+    process_at = {next_look},
     deliveries = s.deliveries,
     errors = s.errors,
     last_error = s.last_error,
@@ -184,9 +221,12 @@ SET status = s.status,
     suspect = false
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, token uuid, status text, process_at timestamptz,
-    deliveries jsonb, errors jsonb, last_error text, attempted boolean)
+    deliveries jsonb, errors jsonb, last_error text, attempted boolean,
+    blocked text[], freed text[])
 WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
-RETURNING e.id
+RETURNING e.id, e.key, s.freed
+), {woken_behind}
+SELECT id FROM settled
 
 -- name: settle_locked
 -- Settle a batch claimed under row locks, in the transaction that holds them: the lock
@@ -194,11 +234,11 @@ RETURNING e.id
 -- sink was called for the row). The
 -- settle's own start time for done_at, not now(): the transaction began at the claim. The
 -- batch's record in outbox_claims goes in the same commit (see open_claim). Primary keys.
-WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s)
+WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s), settled AS (
 UPDATE {table} AS e
 SET status = s.status,
     attempts = e.attempts + s.attempted::int,
-    process_at = COALESCE(s.process_at, e.process_at),
+    process_at = {next_look},
     deliveries = s.deliveries,
     errors = s.errors,
     last_error = s.last_error,
@@ -209,9 +249,12 @@ SET status = s.status,
     suspect = false
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, status text, process_at timestamptz,
-    deliveries jsonb, errors jsonb, last_error text, attempted boolean)
+    deliveries jsonb, errors jsonb, last_error text, attempted boolean,
+    blocked text[], freed text[])
 WHERE e.id = s.id AND e.status = 'pending'
-RETURNING e.id
+RETURNING e.id, e.key, s.freed
+), {woken_behind}
+SELECT id FROM settled
 
 -- name: settle_locked_alike
 -- The same, when every row of the batch settles alike (the common case: each sink delivered
@@ -369,9 +412,10 @@ SELECT count(*),
 FROM {table} WHERE status = 'pending'
 
 -- name: work_outstanding
--- Whether work is left for a draining relay: rows in flight, or due rows with something
--- deliverable (not only sinks held, or parked behind a failed event, decision 11)
--- (outbox_events_processing_idx, outbox_events_pending_idx).
+-- Whether work is left for a draining relay: rows in flight, or due rows a claim may take.
+-- Events waiting only on held sinks, or parked behind a failed event of their key, are not
+-- due; those behind an event that failed unrouted (a poison) are due but never taken
+-- (decision 11) (outbox_events_processing_idx, outbox_events_pending_idx).
 SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'processing')
     OR EXISTS (
         SELECT 1 FROM {table} AS e
@@ -526,10 +570,9 @@ SELECT now()
 SELECT topic, status, count(*) FROM {table} GROUP BY topic, status ORDER BY topic, status
 
 -- name: event_lag
--- The lag: the due pending event that has waited longest, leaving out rows with nothing
--- deliverable (parked behind a failed event of their key, or waiting on a held sink), which
--- wait for an operator and not for a relay (outbox_events_pending_idx;
--- outbox_events_key_idx for the deliverable check).
+-- The lag: the due pending event that has waited longest. Events waiting on a held sink,
+-- or parked behind a failed event of their key, wait for an operator and not for a relay:
+-- they are not due, or not deliverable (decision 11) (outbox_events_pending_idx).
 SELECT count(*) OVER (), e.id, e.topic, e.process_at, e.created_at,
        EXTRACT(EPOCH FROM now() - e.process_at)::float8
 FROM {table} AS e
@@ -684,13 +727,23 @@ WHERE id = %(id)s
 -- How many rows a repair would touch, and the highest id among them: the plan's upper bound.
 SELECT count(*), COALESCE(max(e.id), 0) FROM {table} AS e WHERE {event_filters}
 
+-- fragment: woken_after_repair
+-- A CTE after `repaired` (events retried or purged): later events of their keys that waited
+-- behind one of them for a sink it had failed at (process_at 'never') look again now
+-- (decision 11). Both see the statement's snapshot, so the repaired rows themselves are not
+-- touched twice (outbox_events_key_idx).
+woken AS (
+    UPDATE {table} AS w SET process_at = now()
+    FROM (SELECT key, min(id) AS id FROM repaired WHERE key IS NOT NULL GROUP BY key) AS r
+    WHERE w.key = r.key AND w.id > r.id AND w.status = 'pending' AND w.process_at > now())
+
 -- name: retry_batch
 -- Retry failed events: pending again, due now, claim and crash counters reset (a suspect
 -- stays one: it goes alone). Without a sink every sink that had not acknowledged starts
 -- over; with one, only that sink. Delivered sinks stay delivered, so they never see the
 -- event twice (primary key, via the batch; outbox_events_key_idx for later events of the
 -- retried keys).
-WITH batch AS ({repair_batch}), retried AS (
+WITH batch AS ({repair_batch}), repaired AS (
 UPDATE {table} AS e
 SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0, crashes = 0,
     deliveries = CASE
@@ -707,14 +760,8 @@ SET status = 'pending', process_at = now(), done_at = NULL, attempts = 0, crashe
 FROM batch
 WHERE e.id = batch.id
 RETURNING e.id, e.key
-), woken AS (
-    -- Later events of a retried key that waited behind it for a sink it had failed at
-    -- (process_at 'never') look again now (decision 11). Both see the statement's snapshot,
-    -- so the retried rows themselves (failed in it) are not touched twice.
-    UPDATE {table} AS w SET process_at = now()
-    FROM (SELECT key, min(id) AS id FROM retried WHERE key IS NOT NULL GROUP BY key) AS r
-    WHERE w.key = r.key AND w.id > r.id AND w.status = 'pending' AND w.process_at > now())
-SELECT id FROM retried
+), {woken_after_repair}
+SELECT id FROM repaired
 
 -- name: replay_batch
 -- Replay done events: pending again, due now, claim and crash counters reset, and the chosen
@@ -732,12 +779,15 @@ WHERE e.id = batch.id
 RETURNING e.id
 
 -- name: purge_batch
--- Delete finished events (primary key, via the batch).
-WITH batch AS ({repair_batch})
+-- Delete finished events (primary key, via the batch); later events of their keys that
+-- waited behind a failed one look again.
+WITH batch AS ({repair_batch}), repaired AS (
 DELETE FROM {table} AS e
 USING batch
 WHERE e.id = batch.id
-RETURNING e.id
+RETURNING e.id, e.key
+), {woken_after_repair}
+SELECT id FROM repaired
 
 -- ===========================================================================================
 -- publish (the event writer)
