@@ -44,16 +44,19 @@ EVENTS = 120
 
 
 class Recording(Sink):
-    """Records the ids it accepted, in order; fails every delivery while ``failing``."""
+    """Records the ids it was given and those it accepted, in order; fails every delivery
+    while ``failing``."""
 
     def __init__(self, *, failing: bool = False) -> None:
         super().__init__()
         self.failing = failing
         self.accepted: list[int] = []
+        self.tried: list[int] = []
         self.calls = 0
 
     async def deliver(self, event: Event) -> None:
         self.calls += 1
+        self.tried.append(event.id)
         if self.failing:
             raise RetryableError("down for maintenance")
         self.accepted.append(event.id)
@@ -293,3 +296,41 @@ async def test_a_failed_event_parks_its_key_for_that_sink_only_until_it_is_retri
         await _until(task, lambda: picky.accepted == ids, "the picky sink, in key order")
     assert easy.accepted == ids, "the easy sink got an event twice"
     assert later == ids[1:]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("claim_mode", ["lease", "lock"])
+async def test_an_event_that_skips_a_sink_still_keeps_its_keys_order_there(
+    database_url: str, claim_mode: str
+) -> None:
+    """A later event reads what it waits for from the nearest unfinished event of its key
+    alone; that event must pass on the sinks it does not go to itself."""
+    x, y, z = Recording(failing=True), Recording(), Recording(failing=True)
+    sinks: dict[str, Sink] = {"x": x, "y": y, "z": z}
+    subscriptions = [
+        Subscription(("order.placed",), ("x", "y")),
+        Subscription(("order.noted",), ("y", "z")),  # never reaches x; stays unfinished at z
+    ]
+    options = relay_options(
+        claim_mode=claim_mode,
+        poll_interval=0.05,
+        maintenance_interval=0.1,
+        retry=dataclasses.replace(
+            relay_options().retry, max_attempts=1000, base_seconds=0.01, cap_seconds=0.1
+        ),
+    )
+    relay = Relay(database_url, sinks, subscriptions, options)
+    with psycopg.connect(database_url) as conn:
+        ids = [
+            outbox.publish(conn, topic, {"n": n}, key="k").id
+            for n, topic in enumerate(["order.placed", "order.noted", "order.placed"])
+        ]
+    first, noted, later = ids
+    async with _running(relay) as task:
+        await _until(task, lambda: sorted(y.accepted) == ids, "the healthy sink")
+        await _until(task, lambda: x.calls >= 3, "x to fail a few times")
+        assert set(x.tried) == {first}, "x was tried with a later event of the key"
+        x.failing = False
+        await _until(task, lambda: len(x.accepted) == 2, "x to catch up")
+    assert x.accepted == [first, later], "x got the later event before the earlier one"
+    assert noted not in x.accepted
