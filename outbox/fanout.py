@@ -139,13 +139,16 @@ class FanOut:
     def route(self, claim: Claim) -> Batch:
         """Group the batch by sink: sinks delivered directly, sinks writing in the settle
         transaction. Held sinks, and sinks an earlier event of the key has not reached, wait
-        without a call."""
+        without a call; the latter are noted as passing on an event that does not go to them,
+        for the later events of its key (decision 11)."""
         batch = Batch(claim, time.monotonic(), {row.id: {} for row in claim.rows}, {}, {}, {})
         direct, in_transaction = batch.direct, batch.in_transaction
         for row in claim.rows:
-            for sink_name in sinks_due(
-                self._router.sinks_for(row.topic), row.deliveries, claim.now
-            ):
+            subscribed = self._router.sinks_for(row.topic)
+            for sink_name, until in row.blocked.items():
+                if sink_name not in subscribed:
+                    batch.waits.setdefault(row.id, {})[sink_name] = until
+            for sink_name in sinks_due(subscribed, row.deliveries, claim.now):
                 if sink_name in self.held:
                     batch.waits.setdefault(row.id, {})[sink_name] = HELD_UNTIL
                     continue

@@ -27,6 +27,11 @@ HELD_UNTIL = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 """A waiting sink's ``until`` when nothing but an operator ends the wait (the sink is held,
 or the event it waits behind failed there): never due by itself; resuming or enabling the
 sink, or retrying that event, makes it due (decision 11)."""
+PASSING = "passing"
+"""A sink the event does not go to, noted because an earlier event of its key has not
+reached that sink yet: a later event of the key learns it from here, the nearest unfinished
+event before it, with no scan of the others (decision 11). Dropped once that earlier event
+has reached the sink; never counted as a delivery."""
 UNROUTED = "unrouted"
 NO_SINK_KEY = "*"
 MAX_ERROR_LENGTH = 2000
@@ -104,7 +109,7 @@ def sinks_due(
     for name in subscribed:
         state = deliveries.get(name) or {}
         status = state.get("status")
-        if status in (None, WAITING) or (status == RETRYING and _not_before(state) <= now):
+        if status in (None, WAITING, PASSING) or (status == RETRYING and _not_before(state) <= now):
             due.append(name)
     return due
 
@@ -142,9 +147,14 @@ def settle_event(
     if not subscribed:
         kept = [dict(error) for error in errors]
         return Settlement("done", None, {NO_SINK_KEY: {"status": UNROUTED}}, kept, None)
-    new_deliveries = {name: dict(state) for name, state in deliveries.items()}
+    waits = waits or {}
+    passed = [n for n, state in deliveries.items() if state.get("status") == PASSING]
+    new_deliveries = {n: dict(state) for n, state in deliveries.items() if n not in passed}
     new_errors = [dict(error) for error in errors]
-    for name, until in (waits or {}).items():
+    for name, until in waits.items():
+        if name not in subscribed:
+            new_deliveries[name] = {"status": PASSING, "until": until.isoformat()}
+            continue
         state = new_deliveries.setdefault(name, {"attempts": 0})
         state.pop("not_before", None)
         state.update(status=WAITING, until=until.isoformat())
@@ -166,9 +176,9 @@ def settle_event(
     freed = tuple(
         name
         for name, outcome in outcomes.items()
-        if outcome.ok and deliveries.get(name, {}).get("status") in (WAITING, RETRYING)
-    )
-    held_back = tuple(name for name in blocked if name in (waits or {}))
+        if outcome.ok and deliveries.get(name, {}).get("status") in (WAITING, RETRYING, PASSING)
+    ) + tuple(name for name in passed if name not in waits)
+    held_back = tuple(name for name in blocked if name in waits)
     if freed or held_back or not outcomes:
         settlement = dataclasses.replace(
             settlement, attempted=bool(outcomes), freed=freed, blocked=held_back

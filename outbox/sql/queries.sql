@@ -46,12 +46,14 @@ WHERE disabled_at IS NOT NULL ORDER BY name
 -- fragment: sink_blocked
 -- Whether sink d.key of the keyed row `e` waits for an earlier event of its key: one that
 -- is not done and has not delivered to that sink (decision 11: per-key order is per sink;
--- an earlier event's failure parks the key for the sinks it failed at, and only for them)
+-- an earlier event's failure parks the key for the sinks it failed at, and only for them).
+-- A failed event's notes of sinks passing (see blocked_sinks) do not count
 -- (outbox_events_key_idx).
 EXISTS (
     SELECT 1 FROM {table} AS earlier
     WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done'
-      AND earlier.deliveries -> d.key ->> 'status' <> 'delivered')
+      AND earlier.deliveries -> d.key ->> 'status' <> 'delivered'
+      AND (earlier.status <> 'failed' OR earlier.deliveries -> d.key ->> 'status' <> 'passing'))
 
 -- fragment: deliverable
 -- Whether the pending row `e` may be claimed as far as its key goes (decision 11): an unkeyed
@@ -66,26 +68,34 @@ EXISTS (
       AND earlier.deliveries = '{{}}'::jsonb))
 
 -- fragment: blocked_sinks
--- For the claimed keyed row `e`, the sinks an earlier event of its key has not reached yet
--- (as sink_blocked), each with when to look again: never by itself ('infinity') behind an
--- event that failed there, which parks the key for that sink until an operator retries or
--- purges it; else when that earlier event is next due, and no sooner than a minute from now.
--- The settle that delivers the earlier event there wakes the next one (woken_behind); the
--- bound only covers a row in flight at that moment, which the wake skips. A JSON object; NULL
--- for an unkeyed row or one blocked nowhere (outbox_events_key_idx).
-(CASE WHEN e.key IS NOT NULL AND EXISTS (
-    SELECT 1 FROM {table} AS earlier
-    WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')
-THEN (SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '1 minute')) FROM (
+-- For the claimed keyed row `e`, the sinks that an earlier event of its key has not reached
+-- yet, read from few rows: the nearest earlier event still to be delivered (pending or in
+-- flight), and the failed events after it. Per-key order per sink means the nearest one has
+-- not reached those sinks either (it waits behind), or notes them as `passing` when it does
+-- not go to them itself; a failed event is not looked at again, so its own entries count and
+-- its notes are left out. Each with when to look again: never by itself ('infinity') behind
+-- an event that failed there, which parks the key for that sink until an operator retries
+-- or purges it; else at that event's own next look for the sink, and no sooner than a
+-- minute from now. The settle that delivers the earlier event there wakes the next one
+-- (woken_behind); the bound only covers a wake missed. A JSON object; NULL for an unkeyed
+-- row or one blocked nowhere (outbox_events_key_idx).
+(SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '1 minute')) FROM (
     SELECT d.key AS sink,
            max(CASE d.value ->> 'status'
                    WHEN 'failed' THEN 'infinity'::timestamptz
                    WHEN 'retrying' THEN (d.value ->> 'not_before')::timestamptz
-                   ELSE earlier.process_at END) AS until
+                   ELSE COALESCE((d.value ->> 'until')::timestamptz, earlier.process_at)
+               END) AS until
     FROM {table} AS earlier CROSS JOIN LATERAL jsonb_each(earlier.deliveries) AS d
     WHERE e.key IS NOT NULL AND earlier.key = e.key AND earlier.id < e.id
+      AND earlier.id >= COALESCE((
+          SELECT live.id FROM {table} AS live
+          WHERE live.key = e.key AND live.id < e.id AND live.status IN ('pending', 'processing')
+          ORDER BY live.id DESC
+          LIMIT 1), 0)
       AND earlier.status <> 'done' AND d.value ->> 'status' <> 'delivered'
-    GROUP BY d.key) AS b) END)
+      AND (earlier.status <> 'failed' OR d.value ->> 'status' <> 'passing')
+    GROUP BY d.key) AS b)
 
 -- fragment: claimable
 -- The conditions a due row `e` meets to be claimed: pending and due
@@ -173,8 +183,8 @@ CASE WHEN EXISTS (SELECT 1 FROM unnest(s.blocked) AS d(key) WHERE NOT {sink_bloc
 
 -- fragment: woken_behind
 -- A CTE after `settled` (the rows just written, with the sinks each delivered to after
--- waiting or retrying: s.freed): per key and such sink, the next unfinished event that has
--- not reached it looks again now (decision 11). Rows locked by another claim are skipped:
+-- waiting or retrying: s.freed): per key and such sink, the next event still to be
+-- delivered (pending or in flight) that has not reached it looks again now (decision 11). Rows locked by another claim are skipped:
 -- that claim's settle looks for itself (next_look). Rows of this batch are left to the relay
 -- (outbox_events_key_idx, then primary keys).
 woken AS (
@@ -183,7 +193,8 @@ woken AS (
         SELECT next.id FROM {table} AS next
         WHERE next.id IN (
                 SELECT (SELECT min(later.id) FROM {table} AS later
-                        WHERE later.key = f.key AND later.id > f.id AND later.status <> 'done'
+                        WHERE later.key = f.key AND later.id > f.id
+                          AND later.status IN ('pending', 'processing')
                           AND later.deliveries -> d.sink ->> 'status' <> 'delivered')
                 FROM settled AS f CROSS JOIN unnest(f.freed) AS d(sink)
                 WHERE f.key IS NOT NULL)
