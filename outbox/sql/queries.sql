@@ -78,8 +78,12 @@ EXISTS (
 -- or purges it; else at that event's own next look for the sink, and no sooner than a
 -- minute from now. The settle that delivers the earlier event there wakes the next one
 -- (woken_behind); the bound only covers a wake missed. A JSON object; NULL for an unkeyed
--- row or one blocked nowhere (outbox_events_key_idx).
-(SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '1 minute')) FROM (
+-- row or one blocked nowhere. First one probe: most keyed rows have no earlier unfinished
+-- event at all (outbox_events_key_idx).
+(CASE WHEN e.key IS NOT NULL AND EXISTS (
+    SELECT 1 FROM {table} AS earlier
+    WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')
+THEN (SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '1 minute')) FROM (
     SELECT d.key AS sink,
            max(CASE d.value ->> 'status'
                    WHEN 'failed' THEN 'infinity'::timestamptz
@@ -95,7 +99,7 @@ EXISTS (
           LIMIT 1), 0)
       AND earlier.status <> 'done' AND d.value ->> 'status' <> 'delivered'
       AND (earlier.status <> 'failed' OR d.value ->> 'status' <> 'passing')
-    GROUP BY d.key) AS b)
+    GROUP BY d.key) AS b) END)
 
 -- fragment: claimable
 -- The conditions a due row `e` meets to be claimed: pending and due
@@ -186,18 +190,19 @@ CASE WHEN EXISTS (SELECT 1 FROM unnest(s.blocked) AS d(key) WHERE NOT {sink_bloc
 -- waiting or retrying: s.freed): per key and such sink, the next event still to be
 -- delivered (pending or in flight) that has not reached it looks again now (decision 11). Rows locked by another claim are skipped:
 -- that claim's settle looks for itself (next_look). Rows of this batch are left to the relay
--- (outbox_events_key_idx, then primary keys).
+-- (outbox_events_key_idx, then primary keys: the ids come as one array, so that the rows
+-- waiting with a later process_at are never scanned).
 woken AS (
     UPDATE {table} AS w SET process_at = now()
     FROM (
         SELECT next.id FROM {table} AS next
-        WHERE next.id IN (
+        WHERE next.id = ANY (ARRAY(
                 SELECT (SELECT min(later.id) FROM {table} AS later
                         WHERE later.key = f.key AND later.id > f.id
                           AND later.status IN ('pending', 'processing')
                           AND later.deliveries -> d.sink ->> 'status' <> 'delivered')
                 FROM settled AS f CROSS JOIN unnest(f.freed) AS d(sink)
-                WHERE f.key IS NOT NULL)
+                WHERE f.key IS NOT NULL))
           AND next.id NOT IN (SELECT id FROM settled)
           AND next.status = 'pending' AND next.process_at > now()
         FOR UPDATE SKIP LOCKED) AS n
