@@ -170,5 +170,11 @@ def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
 
 
 def reproduce() -> str:
-    """The command that ran this benchmark, to print at the end."""
-    return "reproduce (from the repository root): " + shlex.join([".venv/bin/python", *sys.argv])
+    """The command that ran this benchmark, to print at the end: the script as a path from
+    the repository root, wherever it was started from."""
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parents[1]
+    shown = script.relative_to(root) if script.is_relative_to(root) else script
+    return "reproduce (from the repository root): " + shlex.join(
+        [".venv/bin/python", str(shown), *sys.argv[1:]]
+    )

@@ -25,6 +25,7 @@ from outbox._command import (
     Connection,
     Failure,
     Group,
+    check_sink_name,
     on_database,
     with_settings,
 )
@@ -105,8 +106,8 @@ def events_group() -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(admin.STATUSES),
-    help="Event status (repeatable).",
+    type=click.Choice((*admin.STATUSES, "cancelled")),
+    help="Event status (repeatable; cancelled: done events that were cancelled, alone).",
 )
 @click.option("--key", help="Ordering key.")
 @click.option("--sink", help="Only events with a delivery entry for this sink.")
@@ -134,6 +135,9 @@ def events_list(
     """Events matching the filters, newest first. Times without an offset are UTC."""
     if sink_status and not sink:
         raise click.UsageError("--sink-status needs --sink")
+    check_sink_name(settings, sink)
+    if "cancelled" in statuses and (len(statuses) > 1 or sink):
+        raise click.UsageError("--status cancelled goes alone: no other --status, no --sink")
     selection = admin.EventFilter(
         statuses=statuses or None,
         topic=topic,
@@ -228,7 +232,9 @@ def _confirm(question: str, *, err: bool) -> bool:
 )
 @click.option("--topic", callback=_topic_pattern, help="Topic pattern ('*', '#').")
 @click.option("--sink", help="Only events failed for this sink, and only its deliveries.")
-@click.option("--all", "everything", is_flag=True, help="Every failed event.")
+@click.option(
+    "--all", "everything", is_flag=True, help="Every failed event (with --sink: failed for it)."
+)
 @_repair_options
 def retry_command(
     settings: Settings,
@@ -244,13 +250,17 @@ def retry_command(
     """Hand failed events back to the relay, due now.
 
     Only the sinks that had not acknowledged are delivered again, with their attempts reset;
-    delivered sinks stay delivered. With --sink, only that sink's failed deliveries.
+    delivered sinks stay delivered. With --sink, only that sink's failed deliveries:
+    ``--sink NAME --all`` retries every one of them.
     """
-    chosen = bool(ids or topic or sink)
-    if everything == chosen:
+    if everything and (ids or topic):
+        raise click.UsageError("say which failed events: --id and/or --topic, or --all (not both)")
+    if not (everything or ids or topic or sink):
         raise click.UsageError(
-            "say which failed events: --id, --topic and/or --sink, or --all (not both)"
+            "say which failed events: --id, --topic and/or --sink, or --all "
+            "(--sink NAME --all: every failed delivery to that sink)"
         )
+    check_sink_name(settings, sink)
     schema = settings.db_schema
 
     async def plan_it(conn: Connection) -> tuple[admin.Plan, list[str]]:
@@ -303,6 +313,7 @@ def replay_command(
     Sinks see the same event id again: idempotent sinks ignore it, which is what they are for.
     Times without an offset are UTC.
     """
+    check_sink_name(settings, sink)
     schema = settings.db_schema
     plan = on_database(
         settings,

@@ -10,6 +10,7 @@ calls ``sys.exit``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
+from pydantic import BaseModel
 
-from outbox import runtime
-from outbox._urls import InvalidURL, libpq_url
+from outbox import plugins, runtime
+from outbox._urls import InvalidURL, check_database_url, libpq_url
 from outbox.exceptions import (
     ConfigError,
     DatabaseError,
@@ -27,7 +29,15 @@ from outbox.exceptions import (
     MissingSetting,
     PluginError,
 )
-from outbox.settings import Settings, load_settings
+from outbox.secrets import literal_secret, secret_fields
+from outbox.settings import (
+    DEFAULT_CONFIG_FILE,
+    ConfigCheck,
+    Settings,
+    check_configuration,
+    line_of,
+    load_settings,
+)
 from outbox.store import driver_errors
 
 _T = TypeVar("_T")
@@ -131,4 +141,117 @@ def on_database(settings: Settings, work: Callable[[Connection], Awaitable[_T]])
         async with conn:
             return await work(conn)
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (psycopg.errors.UndefinedTable, DatabaseError) as error:
+        missing = _undefined_table(error)
+        if missing is None:
+            raise
+        # The driver's words name a relation; the operator needs to hear what to run.
+        raise Failure(
+            f"error: the outbox tables are missing in schema {settings.db_schema!r} of this "
+            f"database ({str(missing).splitlines()[0]}): run `outbox migrate` first",
+            1,
+        ) from error
+
+
+def _undefined_table(error: BaseException | None) -> BaseException | None:
+    """The driver's "relation does not exist" behind ``error``, if that is what it is."""
+    while error is not None and not isinstance(error, psycopg.errors.UndefinedTable):
+        error = error.__cause__
+    return error
+
+
+def check_sink_name(settings: Settings, sink: str | None) -> None:
+    """Refuse ``--sink NAME`` for a sink the configuration does not have, naming those it
+    has: a misspelt name would otherwise match nothing, silently. Without any configured
+    sink (only ``--database-url`` given) there is nothing to check against."""
+    if sink is None or not settings.sinks or sink in settings.sinks:
+        return
+    configured = ", ".join(sorted(settings.sinks))
+    raise Failure(
+        f"error: --sink: no sink named {sink!r} is configured (configured: {configured})", 2
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigReport:
+    """``outbox config check``'s findings: errors (``where: what``) and warnings, each a
+    line, and the settings when there is no error."""
+
+    errors: list[str]
+    warnings: list[str]
+    settings: Settings | None
+
+
+def check_config(config: Path | None) -> ConfigReport:
+    """Every problem of the configuration in one run: the settings' errors, each sink's
+    options as its plugin validates them (even when other keys are wrong), a database URL
+    that cannot work, no subscription (a relay would refuse to start), no file at all; and
+    a warning for each secret written in the file itself."""
+    check = check_configuration(config)
+    errors = list(check.errors)
+    if check.path is None:
+        looked = Path.cwd() / DEFAULT_CONFIG_FILE
+        errors.insert(0, ("no configuration file", f"looked for {looked}; pass --config FILE"))
+    option_models: dict[str, type[BaseModel]] = {}
+    try:
+        types = plugins.sink_types(plugins.make_plugin_manager())
+        option_models = {
+            n: types[s.type].Options for n, s in check.sinks.items() if s.type in types
+        }
+        plugins.build_sinks(check.sinks, types)
+    except ConfigError as error:
+        errors += error.errors
+    except PluginError as error:
+        errors.append(("plugins", str(error)))
+    if check.settings is not None:
+        errors += _usable(check.settings)
+    return ConfigReport(
+        [f"{where}: {message}" for where, message in errors],
+        _literal_secrets(check, option_models),
+        check.settings if not errors else None,
+    )
+
+
+def _usable(settings: Settings) -> list[tuple[str, str]]:
+    """What valid settings still lack for a relay to start with them."""
+    found = []
+    if not settings.subscriptions:
+        found.append(runtime.NO_SUBSCRIPTIONS)
+    url = settings.url()
+    if url:
+        try:
+            check_database_url(url)
+        except InvalidURL as error:
+            found.append(("database_url", str(error)))
+    return found
+
+
+def _literal_secrets(check: ConfigCheck, option_models: dict[str, type[BaseModel]]) -> list[str]:
+    """A warning, with the file and line, for each secret the file spells out."""
+    if check.path is None or not check.raw:  # no file, or none that could be read
+        return []
+    written: list[tuple[tuple[str, ...], str, str]] = []
+    if literal_secret(check.raw.get("database_url")):
+        written.append(((), "database_url", "DATABASE_URL"))
+    tables = check.raw.get("sinks") if isinstance(check.raw.get("sinks"), dict) else {}
+    for name, model in option_models.items():
+        table = tables.get(name) if isinstance(tables, dict) else None
+        for key in secret_fields(model):
+            if isinstance(table, dict) and literal_secret(table.get(key)):
+                variable = f"{name}_{key}".upper().replace("-", "_")
+                written.append((("sinks", name), key, variable))
+    text = check.path.read_text(encoding="utf-8")
+    return [_secret_warning(check.path, text, *found) for found in written]
+
+
+def _secret_warning(path: Path, text: str, table: tuple[str, ...], key: str, variable: str) -> str:
+    line = line_of(text, table, key)
+    where = f"{path}:{line}" if line is not None else str(path)
+    dotted = ".".join((*table, key))
+    return (
+        f"{where}: warning: {dotted} is written in the file, and secrets never belong in a "
+        f'configuration file: write {key} = {{ env = "{variable}" }} (or {{ file = "PATH" }}) '
+        f"and put the value in that variable (or file)"
+    )

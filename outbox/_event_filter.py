@@ -15,6 +15,11 @@ from typing import Any
 from outbox.routing import validate_pattern
 
 STATUSES = ("pending", "processing", "done", "failed")
+CANCELLED = "cancelled"
+"""Not a status of its own: a cancelled event is ``done`` with a ``*cancelled`` deliveries
+entry (outbox/cancel.py). ``events list --status cancelled`` selects those."""
+CANCELLED_KEY = "*cancelled"
+LISTED_STATUSES = (*STATUSES, CANCELLED)
 SINK_STATUSES = ("delivered", "retrying", "failed")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -100,13 +105,17 @@ class EventFilter:
     since: TimeBound | None = None
     until: TimeBound | None = None
     done_before: TimeBound | None = None
+    live: bool = False
+    """Leave cancelled events out (a replay must never send one)."""
 
     def __post_init__(self) -> None:
         if self.topic is not None:
             validate_pattern(self.topic)
         for status in self.statuses or ():
-            if status not in STATUSES:
-                raise ValueError(f"unknown status {status!r}: one of {', '.join(STATUSES)}")
+            if status not in LISTED_STATUSES:
+                raise ValueError(f"unknown status {status!r}: one of {', '.join(LISTED_STATUSES)}")
+        if CANCELLED in (self.statuses or ()) and (len(self.statuses or ()) > 1 or self.sink):
+            raise ValueError("status cancelled goes alone: with no other status and no sink")
         if self.sink_status is not None:
             if self.sink is None:
                 raise ValueError("a sink status needs a sink")
@@ -127,14 +136,16 @@ class EventFilter:
     def params(self) -> dict[str, Any]:
         """Parameters for the ``event_filters`` fragment of ``outbox/sql/queries.sql``; call on a
         :meth:`resolved` filter."""
+        cancelled = self.statuses == (CANCELLED,)  # done, with the *cancelled entry
         return {
             "ids": list(self.ids) if self.ids else None,
-            "statuses": list(self.statuses) if self.statuses else None,
+            "statuses": ["done"] if cancelled else list(self.statuses or ()) or None,
             "topic_re": topic_regex(self.topic) if self.topic else None,
             "key": self.key,
-            "sink": self.sink,
-            "sink_status": self.sink_status,
+            "sink": CANCELLED_KEY if cancelled else self.sink,
+            "sink_status": CANCELLED if cancelled else self.sink_status,
             "since": self.since,
             "until": self.until,
             "done_before": self.done_before,
+            "live": self.live,
         }

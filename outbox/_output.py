@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 
 def echo_json(data: object) -> None:
-    """``data`` as indented JSON on stdout; datetimes as ISO 8601 in UTC."""
-    click.echo(json.dumps(data, indent=2, default=_json_default))
+    """``data`` as indented JSON on stdout; datetimes as ISO 8601 in UTC; text as it is
+    (``é``, not ``\\u00e9``)."""
+    click.echo(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False))
 
 
 def _json_default(value: object) -> object:
@@ -234,7 +235,7 @@ def print_event(event: admin.EventDetail) -> None:
         click.echo(f"  {'suspect':<13} yes: in flight when a relay died, retried alone")
     click.echo("deliveries:")
     for sink, state in event.deliveries.items():
-        click.echo(f"  {sink}: {json.dumps(state, sort_keys=True)}")
+        click.echo(f"  {sink}: {json.dumps(state, sort_keys=True, ensure_ascii=False)}")
     click.echo("errors:")
     for error in event.errors:
         click.echo(
@@ -242,9 +243,9 @@ def print_event(event: admin.EventDetail) -> None:
             f"attempt {error.get('attempt', '?')}: {error.get('error', '')}"
         )
     click.echo("headers:")
-    click.echo(json.dumps(event.headers, indent=2, sort_keys=True))
+    click.echo(json.dumps(event.headers, indent=2, sort_keys=True, ensure_ascii=False))
     click.echo("payload:")
-    click.echo(json.dumps(event.payload, indent=2))
+    click.echo(json.dumps(event.payload, indent=2, ensure_ascii=False))
 
 
 # -- outbox plugins -----------------------------------------------------------------------------

@@ -4,16 +4,28 @@
 :meth:`outbox.EventSource.record_event` before anything is written: it refuses bad input
 with :class:`~outbox.PublishError`, naming what is wrong and where, adds the current trace
 context and serialises the payload once. Pure: no database, no I/O.
+
+A payload is JSON: dicts (any ``Mapping`` with str keys), lists, tuples, str, int, finite
+float, bool and None, nested at most :data:`MAX_PAYLOAD_DEPTH` deep. Any other value is
+converted (:func:`_converted`): by the ``json_default`` given to :func:`outbox.configure`
+first, then by the built-in rules (``Decimal`` and ``UUID`` as str, dates and times in ISO
+8601, enums as their value, dataclasses as objects of their fields, pydantic models as their
+JSON-mode dump), and what a conversion returns is checked like the rest. A value neither
+converts is refused. docs/publishing.md has the table of what is stored for each type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
+import enum
 import functools
 import json
 import math
 import re
+import sys
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,21 +41,41 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_PAYLOAD_DEPTH = 100
 # Far enough for any schedule, near enough that now() + delay stays a valid timestamptz.
 MAX_DELAY = dt.timedelta(days=1000 * 365)
+# Conversions in a row for one value (json_default returning a dataclass is two): a
+# json_default that keeps returning values it must convert again is refused, not looped on.
+MAX_CONVERSIONS = 8
+
+JsonDefault = Callable[[Any], Any]
+# id(value) -> (value, its JSON value): the conversions a payload's check made, which its
+# encoding reuses. The value is kept so that its id cannot be reused meanwhile.
+_Conversions = dict[int, tuple[Any, Any]]
 
 
 @dataclasses.dataclass
-class _Limits:
+class _Settings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    json_default: JsonDefault | None = None
 
 
-_limits = _Limits()
+_settings = _Settings()
 
 
 def set_max_payload_bytes(max_payload_bytes: int) -> None:
     """Cap serialised payloads at ``max_payload_bytes`` (UTF-8) from now on."""
     if max_payload_bytes <= 0:
         raise ValueError("max_payload_bytes must be positive")
-    _limits.max_payload_bytes = max_payload_bytes
+    _settings.max_payload_bytes = max_payload_bytes
+
+
+def set_json_default(json_default: JsonDefault | None) -> None:
+    """Convert payload values JSON cannot hold with ``json_default`` (called like
+    ``json.dumps``' ``default``) before the built-in rules, from now on; None: rules only."""
+    if json_default is not None and not callable(json_default):
+        raise TypeError(
+            "json_default must be callable (like json.dumps' default: it takes a value and "
+            f"returns a JSON value, or raises TypeError), got {type(json_default).__name__}"
+        )
+    _settings.json_default = json_default
 
 
 @dataclasses.dataclass(eq=False)
@@ -192,9 +224,11 @@ def _check_delay(delay: object) -> float | None:
 
 
 def _serialise_payload(payload: Any, topic: str) -> str:
+    conversions: _Conversions = {}
     try:
-        _check_json_value(payload, "payload")
-        text = _ENCODER.encode(payload)
+        _check_json_value(payload, "payload", conversions)
+        _check_not_null(payload, topic, conversions)
+        text = _encoder_for(conversions).encode(payload)
     except PublishError:
         raise
     except RecursionError:
@@ -202,11 +236,22 @@ def _serialise_payload(payload: Any, topic: str) -> str:
     except ValueError as error:  # for example an int with more digits than str() allows
         raise PublishError(f"payload of {topic!r} cannot be serialised: {error}") from error
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    if size > _limits.max_payload_bytes:
+    if size > _settings.max_payload_bytes:
         raise PublishError(
-            f"payload of {topic!r} is {size} bytes; the cap is {_limits.max_payload_bytes}"
+            f"payload of {topic!r} is {size} bytes; the cap is {_settings.max_payload_bytes}"
         )
     return text
+
+
+def _check_not_null(payload: Any, topic: str, conversions: _Conversions) -> None:
+    # A JSON null payload would reach the NOT NULL column as SQL NULL, or be stored as a
+    # jsonb null, depending on the statement that writes it: refused here, either way.
+    converted = conversions.get(id(payload))
+    if payload is None or (converted is not None and converted[1] is None):
+        raise PublishError(
+            f"payload of {topic!r} is None: an event's payload is a JSON value other than "
+            "null; pass {} for an event that carries no data"
+        )
 
 
 def _mapping_as_dict(value: object) -> dict[str, Any]:
@@ -222,6 +267,22 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+def _encoder_for(conversions: _Conversions) -> json.JSONEncoder:
+    """The shared encoder, or for a payload with converted values one that writes them."""
+    if not conversions:
+        return _ENCODER
+
+    def converted(value: object) -> Any:
+        entry = conversions.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        return _mapping_as_dict(value)
+
+    return json.JSONEncoder(
+        ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=converted
+    )
+
+
 def _check_text(value: str, what: str) -> None:
     """Refuse strings that Postgres text and jsonb cannot store."""
     if "\x00" in value:
@@ -233,9 +294,10 @@ def _check_text(value: str, what: str) -> None:
             raise PublishError(f"{what} contains a lone surrogate, which is not UTF-8") from None
 
 
-def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
-    """Refuse what JSON or jsonb cannot hold exactly, naming where it is. ``depth`` counts
-    the arrays and objects around ``value``."""
+def _check_json_value(value: Any, path: str, conversions: _Conversions, depth: int = 0) -> None:
+    """Refuse what JSON or jsonb cannot hold exactly, naming where it is; convert the values
+    JSON does not know into ``conversions``. ``depth`` counts the arrays and objects around
+    ``value``."""
     if isinstance(value, Mapping | list | tuple):
         if depth >= MAX_PAYLOAD_DEPTH:
             raise PublishError(
@@ -243,29 +305,33 @@ def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
                 f"{MAX_PAYLOAD_DEPTH} levels deep"
             )
         if isinstance(value, Mapping):
-            _check_json_object(value, path, depth + 1)
+            _check_json_object(value, path, conversions, depth + 1)
             return
         for index, item in enumerate(value):
             # Plain leaves are checked inline: building their path costs more than the check.
             if not _is_plain_leaf(item):
-                _check_json_value(item, f"{path}[{index}]", depth + 1)
+                _check_json_value(item, f"{path}[{index}]", conversions, depth + 1)
     elif isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise PublishError(f"{path} is {value!r}, which JSON cannot represent")
     elif not (value is None or isinstance(value, int)):
-        raise PublishError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
+        converted = _converted(value, path)
+        conversions[id(value)] = (value, converted)
+        _check_json_value(converted, path, conversions, depth)
 
 
-def _check_json_object(value: Mapping[Any, Any], path: str, depth: int) -> None:
+def _check_json_object(
+    value: Mapping[Any, Any], path: str, conversions: _Conversions, depth: int
+) -> None:
     for item_key, item in value.items():
         if not isinstance(item_key, str):
             raise PublishError(f"{path} has a key {item_key!r}; JSON object keys are str")
         if not _is_plain_leaf(item_key):
             _check_text(item_key, f"{path} key")
         if not _is_plain_leaf(item):
-            _check_json_value(item, f"{path}[{item_key!r}]", depth)
+            _check_json_value(item, f"{path}[{item_key!r}]", conversions, depth)
 
 
 def _is_plain_leaf(value: Any) -> bool:
@@ -277,3 +343,105 @@ def _is_plain_leaf(value: Any) -> bool:
     if kind is float:
         return math.isfinite(value)
     return value is None or kind is int or kind is bool
+
+
+# -- converting what JSON does not know --------------------------------------------------
+
+
+def _is_json_type(value: Any) -> bool:
+    return value is None or isinstance(value, Mapping | list | tuple | str | int | float)
+
+
+def _converted(value: Any, path: str) -> Any:
+    """``value``, of a type JSON does not know, as a value JSON knows (its contents are
+    checked by the caller): json_default's answer first, else the built-in rule's."""
+    current = value
+    for _ in range(MAX_CONVERSIONS):
+        current = _convert_once(current, path)
+        if _is_json_type(current):
+            return current
+    raise PublishError(
+        f"{path}: json_default still returns a {type(current).__name__} after "
+        f"{MAX_CONVERSIONS} conversions of a {type(value).__name__}; return a dict, list, str, "
+        "int, float, bool or None"
+    )
+
+
+def _convert_once(value: Any, path: str) -> Any:
+    json_default = _settings.json_default
+    if json_default is None:
+        return _built_in(value, path, declined="")
+    try:
+        converted = json_default(value)
+    except TypeError as error:  # json.dumps' convention: not a type it converts
+        return _built_in(value, path, declined=f" (json_default: {error})")
+    except Exception as error:
+        raise PublishError(
+            f"{path}: json_default raised {type(error).__name__} for a "
+            f"{type(value).__name__}: {error}"
+        ) from error
+    if converted is value:
+        raise PublishError(
+            f"{path}: json_default returned the {type(value).__name__} it was given; return a "
+            "JSON value for it, or raise TypeError to leave it to the built-in rules"
+        )
+    return converted
+
+
+def _built_in(value: Any, path: str, declined: str) -> Any:
+    """The built-in rule for ``value``'s type, or a refusal naming it, its path and the fix."""
+    if isinstance(value, decimal.Decimal):
+        return _decimal(value, path)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return _datetime(value, path)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    dumped = _pydantic_dump(value, path)
+    if dumped is not _NOT_A_MODEL:
+        return dumped
+    raise PublishError(
+        f"{path} is a {type(value).__name__}, which JSON cannot hold{declined}: convert it "
+        "before publishing, or give outbox.configure(json_default=...) a function that "
+        "returns a JSON value for it"
+    )
+
+
+def _decimal(value: decimal.Decimal, path: str) -> str:
+    # A str keeps every digit; as a JSON number it would reach Python readers as a float.
+    if not value.is_finite():
+        raise PublishError(f"{path} is Decimal({str(value)!r}), which is not a number")
+    return str(value)
+
+
+def _datetime(value: dt.datetime, path: str) -> str:
+    if value.utcoffset() is None:
+        raise PublishError(
+            f"{path} is a naive datetime, which readers cannot place in time: make it "
+            "timezone-aware (for example datetime.now(UTC)), or format it in a "
+            "json_default given to outbox.configure()"
+        )
+    return value.isoformat()
+
+
+_NOT_A_MODEL = object()
+
+
+def _pydantic_dump(value: Any, path: str) -> Any:
+    """A pydantic model's JSON-mode dump, or ``_NOT_A_MODEL``. pydantic is not imported
+    here: a model exists only if something else imported it."""
+    pydantic = sys.modules.get("pydantic")
+    base_model = getattr(pydantic, "BaseModel", None)
+    if base_model is None or not isinstance(value, base_model):
+        return _NOT_A_MODEL
+    try:
+        return value.model_dump(mode="json")
+    except Exception as error:  # pydantic's serialisation errors
+        raise PublishError(
+            f"{path}: the {type(value).__name__} model cannot be dumped as JSON: {error}"
+        ) from error

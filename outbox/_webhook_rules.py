@@ -1,8 +1,9 @@
 """The webhook sink's rules, apart from any I/O: what an answer means, how long a
-``Retry-After`` asks to wait, the request body, its signature and the secrets that sign it.
+``Retry-After`` asks to wait, the request body, its signature and the secrets that sign it,
+which event headers travel, and which addresses the sink may connect to.
 
-Nothing here sleeps, reads a clock or opens a socket; :mod:`outbox.webhook_sink` says how
-each rule is used.
+Nothing here sleeps, reads a clock, resolves a name or opens a socket;
+:mod:`outbox.webhook_sink` says how each rule is used.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import httpx
@@ -26,18 +29,28 @@ from outbox.sinks import Event
 
 __all__ = [
     "MAX_RETRY_AFTER",
+    "SINK_HEADERS",
+    "IPAddress",
+    "IPNetwork",
     "Verdict",
+    "allow_hint",
     "answer_error",
     "classify_status",
+    "connect_address",
     "envelope",
+    "event_headers",
     "parse_retry_after",
     "redact",
+    "refusal",
     "secret_key",
     "shown_url",
     "sign",
-    "trace_headers",
+    "url_address_problem",
     "url_problem",
 ]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_RETRY_AFTER = 24 * 3600.0
 """A ``Retry-After`` longer than this (seconds) is cut to it."""
@@ -46,8 +59,33 @@ Verdict = Literal["ok", "retry", "permanent", "gone"]
 
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 _SECRET_PREFIX = "whsec_"
-_TRACE_HEADERS = ("traceparent", "tracestate")
 _SNIPPET = 200
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+SINK_HEADERS = frozenset(
+    {
+        # framing and connection management: the sink's HTTP client decides them
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        # what the sink says about itself, and asks of the answer (identity: the body
+        # read is capped, so no compressed answer is ever asked for)
+        "user-agent",
+        "accept",
+        "accept-encoding",
+    }
+)
+"""Header names an event's ``headers`` never set; ``webhook-*`` are the sink's too."""
 
 
 def classify_status(status: int) -> Verdict:
@@ -117,14 +155,46 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
-def trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The W3C trace context headers among ``headers``, if they are safe to send."""
-    found = {}
+def header_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an HTTP header name, or ``None`` if it can."""
+    if not _TOKEN.fullmatch(name):
+        return "not a valid header name"
+    return None
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot travel as an HTTP header value, or ``None`` if it can."""
+    if not _HEADER_VALUE.fullmatch(value):
+        return "the value is not printable ASCII (no CR, LF or other controls)"
+    return None
+
+
+def event_headers(
+    headers: Mapping[str, str], taken: frozenset[str]
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The event's ``headers`` that go on its request, and the others with why not.
+
+    Names are sent in lower case and values without surrounding blanks. A name in ``taken``
+    (the headers the sink sets: lower case), in :data:`SINK_HEADERS` or starting with
+    ``webhook-`` is the sink's own and stays so; a name or value HTTP cannot carry is left
+    out rather than failing a delivery that no retry could mend.
+    """
+    sent: dict[str, str] = {}
+    skipped: list[tuple[str, str]] = []
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in _TRACE_HEADERS and _plain_ascii(value) and len(value) <= 512:
-            found[lowered] = value
-    return found
+        problem = header_name_problem(name) or header_value_problem(value)
+        if problem is None and (lowered in taken or _sinks_own(lowered)):
+            problem = "the webhook sink sets this header itself"
+        if problem is None:
+            sent[lowered] = value.strip(" \t")
+        else:
+            skipped.append((name, problem))
+    return sent, skipped
+
+
+def _sinks_own(lowered: str) -> bool:
+    return lowered in SINK_HEADERS or lowered.startswith("webhook-")
 
 
 def url_problem(text: str) -> str | None:
@@ -170,10 +240,6 @@ def redact(text: str, url: httpx.URL | str, *, secret: bool = True) -> str:
     return text
 
 
-def _plain_ascii(value: object) -> bool:
-    return isinstance(value, str) and value.isascii() and value.isprintable()
-
-
 def answer_error(
     status: int, headers: Mapping[str, str], body: bytes, url: str, now: dt.datetime
 ) -> SinkError:
@@ -199,3 +265,102 @@ def answer_error(
 def _snippet(body: bytes) -> str:
     text = " ".join(body[: _SNIPPET * 4].decode("utf-8", "replace").split())
     return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "…"
+
+
+# -- which addresses may be connected to -------------------------------------------------------
+
+
+def _tunnelled_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    found = [address.sixtofour, address.teredo[1] if address.teredo else None]
+    return [inner for inner in found if inner is not None]
+
+
+def _non_public(address: IPAddress) -> str | None:
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
+        ("reserved", address.is_reserved),
+        ("private", address.is_private),
+        ("special-purpose", not address.is_global),
+    )
+    return next((reason for reason, applies in checks if applies), None)
+
+
+def connect_address(address: IPAddress) -> IPAddress:
+    """The address to connect to: an IPv4-mapped IPv6 address is its IPv4 host."""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
+
+
+def refusal(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> str | None:
+    """Why the sink will not connect to ``address``, or ``None`` if it may.
+
+    Every non-public address is refused unless an ``allowed`` network holds it. An
+    IPv4-mapped address is judged as the IPv4 address it is; 6to4 and Teredo addresses are
+    refused also when the IPv4 address they tunnel to is not public.
+    """
+    target = connect_address(address)
+    if any(target in network for network in allowed):
+        return None
+    shown = str(target) if target is address else f"{address} (IPv4 {target})"
+    reason = _non_public(target)
+    if reason is not None:
+        return f"{shown} is not a public address ({reason})"
+    if isinstance(target, ipaddress.IPv6Address):
+        for inner in _tunnelled_ipv4(target):
+            reason = _non_public(inner)
+            if reason is not None:
+                return f"{shown} tunnels to {inner}, not a public address ({reason})"
+    return None
+
+
+def allow_hint(addresses: Iterable[IPAddress]) -> str:
+    """The ``allowed_networks`` line that lets the sink reach ``addresses``, and no more."""
+    networks = dict.fromkeys(
+        f"{target}/{target.max_prefixlen}" for target in map(connect_address, addresses)
+    )
+    listed = ", ".join(f'"{network}"' for network in networks)
+    return f"allowed_networks = [{listed}]"
+
+
+def url_address_problem(url: str, allowed: Iterable[IPNetwork]) -> str | None:
+    """Why the sink would refuse every delivery to ``url``, known without resolving a name:
+    its host is an address (``10.0.0.1``, ``[::1]``, ``127.1``) or a loopback name
+    (``localhost``) that ``allowed`` does not hold. ``None`` otherwise: other names are
+    checked when a delivery resolves them."""
+    host = httpx.URL(url).host
+    addresses, name = _host_addresses(host)
+    allowed = tuple(allowed)
+    refused = [address for address in addresses if refusal(address, allowed) is not None]
+    # A loopback name passes if one of its addresses is allowed: which of them it resolves
+    # to is the machine's choice, checked when a delivery resolves it.
+    if not refused or (name and len(refused) < len(addresses)):
+        return None
+    reason = f"{host} is a loopback name" if name else str(refusal(refused[0], allowed))
+    return (
+        f"{reason}: the sink would refuse to connect to it. If this receiver is meant to be "
+        f"internal, allow its address in this sink's table: {allow_hint(refused)}"
+    )
+
+
+def _host_addresses(host: str) -> tuple[list[IPAddress], bool]:
+    """The addresses ``host`` stands for without asking DNS, and whether it is a name."""
+    try:
+        return [ipaddress.ip_address(host)], False
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.fullmatch(host):  # 127.1, 2130706433, 0x7f.1: what resolvers accept
+        try:
+            return [ipaddress.IPv4Address(socket.inet_aton(host))], False
+        except OSError:
+            return [], False
+    lowered = host.lower().rstrip(".")
+    if lowered == "localhost" or lowered.endswith(".localhost"):  # RFC 6761
+        return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")], True
+    return [], False
+
+
+_LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", re.IGNORECASE)

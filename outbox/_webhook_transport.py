@@ -36,13 +36,18 @@ import httpcore
 import httpx
 
 from outbox._asyncio_stream import open_stream
-from outbox._webhook_rules import redact, shown_url
+from outbox._webhook_rules import (
+    IPAddress,
+    IPNetwork,
+    allow_hint,
+    connect_address,
+    redact,
+    refusal,
+    shown_url,
+)
 from outbox.exceptions import PermanentError, RetryableError
 
-__all__ = ["WebhookTransport", "connect_address", "refusal"]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["WebhookTransport"]
 
 
 class WebhookTransport(httpx.AsyncBaseTransport):
@@ -50,11 +55,12 @@ class WebhookTransport(httpx.AsyncBaseTransport):
     at most ``max_response_bytes`` of the response body (the rest is never read), in an
     unread in-memory stream.
 
-    Raises :class:`~outbox.RetryableError` for a network failure or the deadline, and
-    :class:`~outbox.PermanentError` for an address it refuses to connect to (one that is not
-    public, unless ``allowed_networks`` holds it). ``network`` replaces the network, and with
-    it the address check, for tests. Error messages show the URL as
-    :func:`~outbox._webhook_rules.shown_url` does (``url_is_secret``: without its path).
+    Raises :class:`~outbox.RetryableError` for a network failure, the deadline, and an
+    address it refuses to connect to (one that is not public, unless ``allowed_networks``
+    holds it): configuration can change that answer, so the event waits for it rather than
+    failing. ``network`` replaces the network, and with it the address check, for tests.
+    Error messages show the URL as :func:`~outbox._webhook_rules.shown_url` does
+    (``url_is_secret``: without its path).
     """
 
     def __init__(
@@ -125,56 +131,6 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-# -- which addresses may be connected to -------------------------------------------------------
-
-
-def _tunnelled_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    found = [address.sixtofour, address.teredo[1] if address.teredo else None]
-    return [inner for inner in found if inner is not None]
-
-
-def _non_public(address: IPAddress) -> str | None:
-    checks = (
-        ("unspecified", address.is_unspecified),
-        ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("multicast", address.is_multicast),
-        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
-        ("reserved", address.is_reserved),
-        ("private", address.is_private),
-        ("special-purpose", not address.is_global),
-    )
-    return next((reason for reason, applies in checks if applies), None)
-
-
-def connect_address(address: IPAddress) -> IPAddress:
-    """The address to connect to: an IPv4-mapped IPv6 address is its IPv4 host."""
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return mapped or address
-
-
-def refusal(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> str | None:
-    """Why the sink will not connect to ``address``, or ``None`` if it may.
-
-    Every non-public address is refused unless an ``allowed`` network holds it. An
-    IPv4-mapped address is judged as the IPv4 address it is; 6to4 and Teredo addresses are
-    refused also when the IPv4 address they tunnel to is not public.
-    """
-    target = connect_address(address)
-    if any(target in network for network in allowed):
-        return None
-    shown = str(target) if target is address else f"{address} (IPv4 {target})"
-    reason = _non_public(target)
-    if reason is not None:
-        return f"{shown} is not a public address ({reason})"
-    if isinstance(target, ipaddress.IPv6Address):
-        for inner in _tunnelled_ipv4(target):
-            reason = _non_public(inner)
-            if reason is not None:
-                return f"{shown} tunnels to {inner}, not a public address ({reason})"
-    return None
-
-
 # -- connections: checked addresses, one origin, reused last in, first out ----------------------
 
 
@@ -199,8 +155,12 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
             reason = refusal(address, self.allowed)
             if reason is not None:
                 where = "" if literal else f" ({host} resolves to it)"
-                raise PermanentError(
-                    f"refusing to connect: {reason}{where}; allowed_networks can allow it"
+                # Retryable: the name may resolve elsewhere later, or the operator allow it;
+                # a permanent failure would park the event's key for a fixable setting.
+                raise RetryableError(
+                    f"refusing to connect: {reason}{where}; if the receiver is meant to be "
+                    f"internal, add {allow_hint([address])} to this sink's configuration "
+                    "and restart the relays"
                 )
         timeout = self.connect_timeout if timeout is None else timeout
         error: Exception | None = None

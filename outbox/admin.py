@@ -374,7 +374,8 @@ async def plan_replay(
     sink: str | None = None,
 ) -> Plan:
     """Done events created in [since, until) to deliver again: to every subscribed sink, or
-    with ``sink`` only to that one (and only events it had been delivered)."""
+    with ``sink`` only to that one (and only events it had been delivered). Cancelled
+    events never go out again."""
     selection = EventFilter(
         statuses=("done",),
         topic=topic,
@@ -382,6 +383,7 @@ async def plan_replay(
         sink_status="delivered" if sink else None,
         since=since,
         until=until,
+        live=True,
     )
     return await _plan(conn, schema, "replay", selection)
 

@@ -99,7 +99,11 @@ class CallableSink(Sink):
     async def deliver(self, event: Event) -> None:
         argument = [event] if self._batch else event
         if self._is_async:
-            await self._function(argument)
+            try:
+                await self._function(argument)
+            except Exception as raised:
+                _log_raised(self._function, argument, raised)
+                raise
             return
         (error,) = await self._in_threads([argument], self.delivery_timeout)
         if error is not None:
@@ -126,6 +130,7 @@ class CallableSink(Sink):
                 await self._function(list(events))
         except Exception as error:
             if not cutoff.expired():
+                _log_raised(self._function, events, error)
                 return [error] * len(events)
             return [timed_out(deadline)] * len(events)
         return [None] * len(events)
@@ -193,6 +198,7 @@ class _Calls:
             try:
                 self._function(self._arguments[index])
             except BaseException as error:  # SystemExit in a thread is this event's failure
+                _log_raised(self._function, self._arguments[index], error)
                 result = error
             with self._lock:
                 self._calling -= 1
@@ -292,6 +298,23 @@ def _resolve(loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]) ->
 
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
         loop.call_soon_threadsafe(resolve)
+
+
+def _log_raised(function: Callable[..., Any], argument: object, error: BaseException) -> None:
+    """Log the whole traceback at DEBUG: the event's error history keeps only the innermost
+    frame (outbox.retry), which is seldom the whole story of a failing handler."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    events = argument if isinstance(argument, Sequence) else [argument]
+    ids = [event.id for event in events if isinstance(event, Event)]
+    logger.debug(
+        "%s raised %s for event %s",
+        getattr(function, "__qualname__", None) or type(function).__qualname__,
+        type(error).__name__,
+        ", ".join(map(str, ids)),
+        exc_info=error,
+        extra={"event_id": ids[0]} if len(ids) == 1 else {},
+    )
 
 
 def _thread_name(function: Callable[..., Any]) -> str:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import click
 
-from outbox import _admin_cli, _output, runtime, sink_status
+from outbox import _admin_cli, _config_show, _output, _publish_cli, runtime, sink_status
 from outbox._command import (
     Connection,
     Failure,
     Group,
+    check_config,
     config_option,
     database_url_option,
     on_database,
@@ -30,7 +31,7 @@ from outbox._command import (
 )
 from outbox._identifiers import validate_identifier
 from outbox._logging import configure_logging
-from outbox.exceptions import ConfigError, PluginError
+from outbox.exceptions import PluginError
 from outbox.migrate import DEFAULT_SCHEMA, migrate, migration_script
 from outbox.plugins import describe_plugins, make_plugin_manager
 from outbox.relay import RelayObserver
@@ -46,33 +47,41 @@ def main() -> None:
 
 for command in _admin_cli.COMMANDS:
     main.add_command(command)
+main.add_command(_publish_cli.publish_command)
+_admin_cli.events_group.add_command(_publish_cli.cancel_command)
 
 
-def _schema(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def _schema(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     try:
-        return validate_identifier(value, "schema")
+        return None if value is None else validate_identifier(value, "schema")
     except ValueError as error:
         raise click.BadParameter(str(error)) from error
 
 
 @main.command("migrate")
+@config_option
 @database_url_option()
 @click.option(
     "--schema",
-    default=DEFAULT_SCHEMA,
-    show_default=True,
     callback=_schema,
-    help="Schema of the outbox table.",
+    help=f"Schema of the outbox table (default: the configuration's, else {DEFAULT_SCHEMA}).",
 )
 @click.option("--sql", "print_sql", is_flag=True, help="Print the SQL instead of applying it.")
-def migrate_command(database_url: str | None, schema: str, print_sql: bool) -> None:
-    """Create or upgrade the outbox table (safe to run from several processes at once)."""
-    if print_sql:
+def migrate_command(
+    config: Path | None, database_url: str | None, schema: str | None, print_sql: bool
+) -> None:
+    """Create or upgrade the outbox table (safe to run from several processes at once).
+
+    The database and schema come from the flags, else the environment, else the
+    configuration file, as for every command; --sql --schema NAME reads no configuration."""
+    if print_sql and schema:
         click.echo(migration_script(schema=schema), nl=False)
         return
-    if not database_url:
-        raise click.UsageError("--database-url (or OUTBOX_DATABASE_URL) is required")
-    applied = migrate(database_url, schema=schema)
+    settings = load_settings(config, database_url=database_url, db_schema=schema)
+    if print_sql:
+        click.echo(migration_script(schema=settings.db_schema), nl=False)
+        return
+    applied = migrate(runtime.database_url(settings), schema=settings.db_schema)
     for migration in applied:
         click.echo(f"applied {migration.version:04d}_{migration.name}")
     if not applied:
@@ -108,6 +117,12 @@ DRAIN_INCOMPLETE = 3
     type=click.IntRange(0, 65535),
     help="Serve /metrics, /healthz and /readyz on this port (needs the metrics extra).",
 )
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port listens on (0.0.0.0: every interface).",
+)
 def relay_command(
     settings: Settings,
     once: bool,
@@ -116,6 +131,7 @@ def relay_command(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Deliver events to their sinks until stopped (SIGTERM/SIGINT: graceful).
 
@@ -123,7 +139,7 @@ def relay_command(
     --once: for relay.give_up_after seconds), 2 configuration error, 3 --drain handled
     events that failed or wait for a retry."""
     configure_logging(log_level, log_format)
-    observer = None if metrics_port is None else _prometheus_observer()
+    observer = None if metrics_port is None else _prometheus_observer(metrics_host)
     relay = runtime.build_relay(settings, poll_only=poll_only, observer=observer)
     running = runtime.run_until_signalled(relay, once=once, drain=drain, metrics_port=metrics_port)
     try:
@@ -137,11 +153,11 @@ def relay_command(
             raise click.exceptions.Exit(DRAIN_INCOMPLETE)
 
 
-def _prometheus_observer() -> RelayObserver:
+def _prometheus_observer(host: str) -> RelayObserver:
     from outbox.metrics import PrometheusObserver
 
     try:
-        return PrometheusObserver()
+        return PrometheusObserver(host)
     except RuntimeError as error:  # the metrics extra is not installed
         raise click.UsageError(str(error)) from error
 
@@ -151,23 +167,22 @@ def config_group() -> None:
     """Inspect the configuration."""
 
 
+config_group.add_command(_config_show.config_show)
+
+
 @config_group.command("check")
 @config_option
 def config_check(config: Path | None) -> None:
-    """Validate everything, resolving each sink type through the plugins; exit 2 on errors."""
-    try:
-        settings = load_settings(config)
-        runtime.build_sinks(settings)
-    except ConfigError as error:
-        errors = error.errors
-    except PluginError as error:
-        errors = [("plugins", str(error))]
-    else:
-        sinks, subscriptions = len(settings.sinks), len(settings.subscriptions)
-        click.echo(f"ok: {sinks} sink(s), {subscriptions} subscription(s)")
-        return
-    lines = [f"{where}: {message}" for where, message in errors]
-    raise Failure("\n".join([*lines, f"{len(errors)} error(s)"]), 2)
+    """Validate everything, resolving each sink type through the plugins, and report every
+    error in one run; exit 2 on errors, and without a configuration file or subscriptions
+    (a relay would refuse to start). Secrets written in the file are warned about."""
+    report = check_config(config)
+    for warning in report.warnings:
+        click.echo(warning, err=True)
+    if report.settings is None:
+        raise Failure("\n".join([*report.errors, f"{len(report.errors)} error(s)"]), 2)
+    sinks, subscriptions = len(report.settings.sinks), len(report.settings.subscriptions)
+    click.echo(f"ok: {sinks} sink(s), {subscriptions} subscription(s)")
 
 
 @main.command("plugins")

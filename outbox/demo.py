@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -99,13 +100,10 @@ def run_demo(database_url: str | None, data_dir: Path, orders: int) -> int:
 
 def _prepare_database(database_url: str | None, data_dir: Path) -> str:
     if database_url:
-        _say(f"Using the database at {database_url}")
-        return libpq_url(database_url)
-    fresh = not (data_dir / "PG_VERSION").exists()
-    _say(
-        ("Starting" if fresh else "Restarting")
-        + f" an embedded PostgreSQL; its data is in {data_dir}"
-    )
+        url = libpq_url(database_url)  # refuses a URL that cannot work before saying it
+        _say(f"Using the database at {_without_password(url)}")
+        return url
+    _say(server_message(data_dir))
     # Left running when the demo ends, so that the commands it prints work; `outbox demo
     # --stop` stops it.
     server = start_embedded(data_dir, cleanup=None)
@@ -114,6 +112,23 @@ def _prepare_database(database_url: str | None, data_dir: Path) -> str:
         conn.execute(_queries.render("demo_drop_database", database=database))
         conn.execute(_queries.render("demo_create_database", database=database))
     return with_database(server, DEMO_DATABASE)
+
+
+def server_message(data_dir: Path) -> str:
+    """What the demo is about to do with the embedded server of ``data_dir``: start a new
+    one, start the one a previous run stopped, or use the one a previous run left running."""
+    if (data_dir / "postmaster.pid").exists():
+        return f"Using the embedded PostgreSQL already running from {data_dir}"
+    if (data_dir / "PG_VERSION").exists():
+        return f"Starting the embedded PostgreSQL again; its data is in {data_dir}"
+    return f"Starting an embedded PostgreSQL; its data is in {data_dir}"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 async def _demo(
@@ -257,18 +272,28 @@ def _report(url: str, expected: set[int], first_id: int, embedded_dir: Path | No
     ok = ok and statuses.get("done", 0) == len(expected) and not _tally.webhook_bad_signatures
     ok = ok and cancelled_count == 0
     print()
-    print("  Look at the table yourself:")
     outbox_command = _outbox_command()
-    print(f"    {outbox_command} events list --database-url '{url}' --limit 5")
-    print(f"    {outbox_command} status --database-url '{url}'")
-    for peek in (_EVENTS["demo_peek_events"], _audit_statement("demo_peek_sink_table")):
-        print(f"    psql '{url}' -c '{peek.decode()}'")
+    for line in look_around_lines(url, outbox_command):
+        print(line)
     if embedded_dir is not None:
         stop = f"{outbox_command} demo --stop{_dir_flag(embedded_dir)}"
         print(f"  The embedded server keeps running; stop it with: {stop}")
     print()
     print("  All events delivered to every sink." if ok else "  Some events were not delivered.")
     return 0 if ok else 1
+
+
+def look_around_lines(url: str, outbox_command: str) -> list[str]:
+    """The commands the reader can look around with: ``outbox``'s own, then the same rows
+    through ``psql`` for those who have it."""
+    peeks = (_EVENTS["demo_peek_events"], _audit_statement("demo_peek_sink_table"))
+    return [
+        "  Look at the table yourself:",
+        f"    {outbox_command} events list --database-url '{url}' --limit 5",
+        f"    {outbox_command} status --database-url '{url}'",
+        "  or, if you have psql (psql is not required: the commands above need nothing else):",
+        *(f"    psql '{url}' -c '{peek.decode()}'" for peek in peeks),
+    ]
 
 
 def _outbox_command() -> str:

@@ -1,5 +1,12 @@
 """The session hook: entities record events, the flush that writes them writes the events.
 
+The hook listens on SQLAlchemy's ``Session`` class itself, so every session writes the events
+staged on it: sessions of any ``sessionmaker``, ``scoped_session`` or ``Session`` subclass, and
+the sync session inside every ``AsyncSession``, whether or not :func:`install` was given their
+factory. It starts listening when :func:`install` is called, when a class using
+:class:`EventSource` is defined, or at the first :func:`outbox.publish` on a session, whichever
+comes first. A session with nothing staged writes nothing: the listeners find nothing to do.
+
 Events recorded with :meth:`EventSource.record_event` wait on the entity until the session
 flushes (``before_flush``; recording marks the entity dirty, so a session with nothing else to
 write still flushes), with ``before_commit`` as the safety net; events given to
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,8 +46,9 @@ __all__ = ["EventSource", "install"]
 
 _SOURCES = "outbox.sources"  # session.info: entities holding staged events
 _PUBLISHED = "outbox.published"  # session.info: events given to publish() on the session
-# Set on a session class the hook listens on; subclasses inherit it, and the listeners.
-_INSTALLED_FLAG = "_outbox_hook_installed"
+# Set once the hook listens on Session (every session); the lock makes that happen once.
+_listening = threading.Event()
+_listening_lock = threading.Lock()
 # Orders staged events across entities, so that ids follow the order of record_event calls.
 _record_order = itertools.count()
 
@@ -50,8 +59,15 @@ _Staged = tuple[int, SessionTransaction | None, OutboxEvent]
 class EventSource:
     """Mixin for mapped classes whose instances record domain events.
 
-    ``outbox.install()`` must have been called on the session class or factory.
+    Recorded events are written by the session the entity belongs to, whichever factory made
+    it: defining a class with this mixin starts the session hook if :func:`install` has not.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Classes are defined at import time, before sessions flush in other threads:
+        # SQLAlchemy's listener lists are not safe to extend while another thread runs them.
+        super().__init_subclass__(**kwargs)
+        _listen()
 
     def record_event(
         self,
@@ -116,10 +132,9 @@ def _sources(session: Session) -> list[EventSource]:
 
 def stage_published(session: Session, outbox_event: OutboxEvent) -> None:
     """Stage an event given to :func:`outbox.publish` for the session's next flush or commit,
-    installing the hook on the session's class if nothing installed it yet. The session's
-    transaction must have begun, so that its rollback takes the event away."""
-    if not _is_installed(type(session)):
-        install(type(session))
+    starting the session hook if nothing started it yet. The session's transaction must have
+    begun, so that its rollback takes the event away."""
+    _listen()
     staged = (next(_record_order), _current_transaction(session), outbox_event)
     session.info.setdefault(_PUBLISHED, []).append(staged)
 
@@ -220,45 +235,42 @@ def _before_attach(session: Session, instance: object) -> None:
 
 
 def install(target: Any) -> Any:
-    """Install the session hook on a ``Session`` class, ``sessionmaker``, ``scoped_session``
-    or ``async_sessionmaker``; return ``target``. Installing twice is harmless.
+    """Start the session hook, checking that ``target`` is a ``Session`` class,
+    ``sessionmaker``, ``scoped_session`` or ``async_sessionmaker``; return ``target``.
 
-    For an ``async_sessionmaker`` the hook goes on its ``sync_session_class`` (SQLAlchemy
-    cannot listen on async sessions); a dedicated subclass of ``Session`` is made for it if it
-    uses the plain ``Session``, so other sessions are not affected.
+    The hook listens on ``Session`` itself, so it serves every session, of this factory and
+    of any other: an event recorded or published on a session is never dropped because its
+    factory was not installed. :class:`EventSource` classes and :func:`outbox.publish` start
+    the hook themselves; calling ``install`` at start-up says so where the sessions are made,
+    checks the factory early, and starts the hook before any thread runs a session.
+    Installing twice is harmless.
     """
-    listen_on = _listen_target(target)
-    if _is_installed(listen_on):
-        return target
-    event.listen(listen_on, "before_flush", _before_flush)
-    event.listen(listen_on, "after_flush_postexec", _after_flush_postexec)
-    event.listen(listen_on, "before_commit", _before_commit)
-    event.listen(listen_on, "after_soft_rollback", _after_soft_rollback)
-    event.listen(listen_on, "after_transaction_end", _after_transaction_end)
-    event.listen(listen_on, "before_attach", _before_attach)
-    setattr(listen_on, _INSTALLED_FLAG, True)
+    _check_target(target)
+    _listen()
     return target
 
 
-def _is_installed(session_class: type[Session]) -> bool:
-    return getattr(session_class, _INSTALLED_FLAG, False) is True
+def _listen() -> None:
+    """Listen on ``Session``, once per process; every session class inherits the listeners."""
+    if _listening.is_set():
+        return
+    with _listening_lock:
+        if _listening.is_set():
+            return
+        event.listen(Session, "before_flush", _before_flush)
+        event.listen(Session, "after_flush_postexec", _after_flush_postexec)
+        event.listen(Session, "before_commit", _before_commit)
+        event.listen(Session, "after_soft_rollback", _after_soft_rollback)
+        event.listen(Session, "after_transaction_end", _after_transaction_end)
+        event.listen(Session, "before_attach", _before_attach)
+        _listening.set()
 
 
-def _listen_target(target: Any) -> type[Session]:
-    """The session class to listen on (a sessionmaker makes a class of its own)."""
-    if isinstance(target, scoped_session):
-        target = target.session_factory
-    if isinstance(target, sessionmaker):
-        session_class: type[Session] = target.class_
-        return session_class
-    if isinstance(target, async_sessionmaker):
-        sync_class = target.kw.get("sync_session_class", Session)
-        if sync_class is Session:
-            sync_class = type("OutboxSession", (Session,), {})
-            target.configure(sync_session_class=sync_class)
-        return sync_class  # type: ignore[no-any-return]
+def _check_target(target: Any) -> None:
+    if isinstance(target, scoped_session | sessionmaker | async_sessionmaker):
+        return
     if isinstance(target, type) and issubclass(target, Session):
-        return target
+        return
     raise TypeError(
         "install() takes a Session subclass, sessionmaker, scoped_session or "
         f"async_sessionmaker; got {target!r}"

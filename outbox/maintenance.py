@@ -3,8 +3,13 @@
 Each round, on a connection of its own: reload which sinks are held (paused or disabled),
 take back the rows of relays that died (an expired lease, a lock-mode batch left in
 outbox_claims: outbox.suspects), delete ``done`` rows older than the retention a bounded
-batch at a time, and, if the observer wants it, sample the backlog. A round that reaches
-the database is what the relay's readiness reports.
+batch at a time, and, if the observer wants it, sample the figures ``outbox status`` shows
+(the metrics). A round that reaches the database is what the relay's readiness reports.
+
+Each round also logs, at INFO, a summary of what the relay did since the last one (events
+delivered and per second, retried, failed, and the lag): a line per event is logged at
+DEBUG only, since at INFO it cost a fifth of the throughput. A round with nothing delivered,
+retried or failed, and no lag, logs nothing.
 
 No error the server sends ends this task: a step that fails (a data error in retention, a
 statement timeout in recovery) is logged with its name and the next steps still run, so
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from outbox import sink_status
 from outbox.exceptions import DatabaseError, DatabaseUnavailable
@@ -50,6 +55,7 @@ class Maintenance:
         stats: RelayStats,
         held_sinks: Callable[[set[str]], set[str]],
         suspects_waiting: Callable[[], None],
+        sink_names: Sequence[str] = (),
         wake: asyncio.Event,
         stopping: asyncio.Event,
     ) -> None:
@@ -69,11 +75,16 @@ class Maintenance:
         self._stats = stats
         self._held_sinks = held_sinks
         self._suspects_waiting = suspects_waiting
+        # The relay's sinks are sampled even before any event reaches them, as the status
+        # lists every configured sink.
+        self._sink_names: dict[str, str | None] = dict.fromkeys(sink_names)
         self._wake = wake
         self._stopping = stopping
         self._poked = asyncio.Event()
         self.database_seen: float | None = None
         """``time.monotonic()`` of the last round that reached the database."""
+        self._summary = _Summary(stats, connector.relay)
+        self._sampled_lag: tuple[int, float] | None = None
 
     async def run(self) -> None:
         conn: Connection | None = None
@@ -123,6 +134,8 @@ class Maintenance:
         ]
         if self._observer.wants_backlog:
             steps.append(("backlog", lambda: self._sample_backlog(conn)))
+        if logger.isEnabledFor(logging.INFO):
+            steps.append(("summary", lambda: self._summarize(conn)))
         first: DatabaseError | None = None
         for name, step in steps:
             try:
@@ -162,9 +175,17 @@ class Maintenance:
             self._wake.set()
 
     async def _sample_backlog(self, conn: Connection) -> None:
-        self._observer.backlog(*await self._store.backlog(conn))
+        figures = await sink_status.event_figures(conn, self._store.schema)
+        self._sampled_lag = (figures.due, figures.lag_seconds)
+        self._observer.event_figures(figures)
         self._observer.fence_wait(await self._store.fence_wait(conn))
-        self._observer.sinks(await sink_status.statuses(conn, self._store.schema))
+        self._observer.sinks(await sink_status.statuses(conn, self._store.schema, self._sink_names))
+
+    async def _summarize(self, conn: Connection) -> None:
+        # The lag the metrics just sampled, else one statement of its own.
+        lag = self._sampled_lag or await sink_status.lag(conn, self._store.schema)
+        self._sampled_lag = None
+        self._summary.log(*lag)
 
     async def _recover(self, conn: Connection) -> None:
         recovered = await self._store.recover_expired(conn, self._retry)
@@ -210,3 +231,37 @@ class Maintenance:
                 break
         if total:
             logger.info("retention deleted %d done events", total)
+
+
+class _Summary:
+    """The relay's counters since the last summary line, logged once per round."""
+
+    def __init__(self, stats: RelayStats, relay: str) -> None:
+        self._stats = stats
+        self._relay = relay
+        self._since = time.monotonic()
+        self._done, self._retried, self._failed = stats.done, stats.retried, stats.failed
+
+    def log(self, due: int, lag_seconds: float) -> None:
+        """Log what happened since the last call, unless nothing did and nothing is due."""
+        stats, now = self._stats, time.monotonic()
+        done, retried = stats.done - self._done, stats.retried - self._retried
+        failed = stats.failed - self._failed
+        if not (done or retried or failed or due):
+            self._since = now
+            return
+        seconds = max(now - self._since, 1e-3)
+        logger.info(
+            "relayed in the last %.1fs: %d events delivered (%.1f/s), %d to retry, "
+            "%d failed; lag %.1fs (%d due)",
+            seconds,
+            done,
+            done / seconds,
+            retried,
+            failed,
+            lag_seconds,
+            due,
+            extra={"relay": self._relay},
+        )
+        self._since = now
+        self._done, self._retried, self._failed = stats.done, stats.retried, stats.failed

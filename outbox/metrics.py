@@ -2,7 +2,12 @@
 
 Serves ``/metrics`` (Prometheus text format), ``/healthz`` (the process is alive) and
 ``/readyz`` (the database answered recently and, unless polling only, the listener is
-connected). Needs the ``metrics`` extra (``prometheus-client``), imported only here.
+connected), on 127.0.0.1 unless ``--metrics-host`` says otherwise. Needs the ``metrics``
+extra (``prometheus-client``), imported only here.
+
+The gauges are sampled once per maintenance round with the statements ``outbox status``
+runs (:mod:`outbox.sink_status`), so each agrees with the status within one
+``maintenance_interval``. docs/operations/metrics.md lists every metric.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from outbox.relay import RelayObserver
 
 if TYPE_CHECKING:
     from outbox.relay import Relay
-    from outbox.sink_status import SinkStatus
+    from outbox.sink_status import EventFigures, SinkStatus
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+"""Where the endpoints listen unless told: this machine only. Metrics name sinks and topics,
+and a scraper on another machine is a choice to make (``--metrics-host 0.0.0.0``)."""
 
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -29,7 +38,9 @@ class PrometheusObserver(RelayObserver):
 
     wants_backlog = True
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = DEFAULT_HOST) -> None:
+        self.host = host
+        """The address :func:`serve` listens on unless given one."""
         try:
             import prometheus_client as prom
         except ImportError as error:  # pragma: no cover - depends on the environment
@@ -70,12 +81,7 @@ class PrometheusObserver(RelayObserver):
             buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
             registry=registry,
         )
-        self.lag_seconds = prom.Gauge(
-            "outbox_lag_seconds", "Age of the oldest due pending event.", registry=registry
-        )
-        self.pending_events = prom.Gauge(
-            "outbox_pending_events", "Events waiting to be delivered.", registry=registry
-        )
+        self._event_gauges(prom)
         self.oldest_blocking_transaction = prom.Gauge(
             "outbox_oldest_blocking_transaction_seconds",
             "Age of the oldest transaction in the database while due keyed events wait for it "
@@ -94,6 +100,37 @@ class PrometheusObserver(RelayObserver):
             registry=registry,
         )
         self._sink_gauges(prom)
+
+    def _event_gauges(self, prom: Any) -> None:
+        registry = self.registry
+        self.pending_events = prom.Gauge(
+            "outbox_pending_events",
+            "Events with status pending: due, waiting for a retry, a held sink or a parked key.",
+            registry=registry,
+        )
+        self.processing_events = prom.Gauge(
+            "outbox_processing_events",
+            "Events claimed by a relay and in flight.",
+            registry=registry,
+        )
+        self.failed_events = prom.Gauge(
+            "outbox_failed_events",
+            "Events with status failed: kept until retried or purged.",
+            registry=registry,
+        )
+        self.due_events = prom.Gauge(
+            "outbox_due_events", "Pending events a relay could claim now.", registry=registry
+        )
+        self.lag_seconds = prom.Gauge(
+            "outbox_lag_seconds",
+            "How long the longest-waiting due event has been due (0: none is due).",
+            registry=registry,
+        )
+        self.parked_keys = prom.Gauge(
+            "outbox_parked_keys",
+            "Keys whose oldest unfinished event failed: later events of the key wait.",
+            registry=registry,
+        )
 
     def _sink_gauges(self, prom: Any) -> None:
         registry = self.registry
@@ -147,6 +184,13 @@ class PrometheusObserver(RelayObserver):
         self.pending_events.set(pending)
         self.lag_seconds.set(lag_seconds)
 
+    def event_figures(self, figures: EventFigures) -> None:
+        self.backlog(figures.pending, figures.lag_seconds)
+        self.processing_events.set(figures.processing)
+        self.failed_events.set(figures.failed)
+        self.due_events.set(figures.due)
+        self.parked_keys.set(figures.parked_keys)
+
     def fence_wait(self, seconds: float) -> None:
         self.oldest_blocking_transaction.set(seconds)
 
@@ -167,9 +211,11 @@ class PrometheusObserver(RelayObserver):
 
 
 async def serve(
-    relay: Relay, observer: PrometheusObserver, port: int, host: str = "0.0.0.0"
+    relay: Relay, observer: PrometheusObserver, port: int, host: str | None = None
 ) -> asyncio.Server:
-    """Start the metrics and health HTTP server; the caller closes it."""
+    """Start the metrics and health HTTP server on ``host`` (None: the observer's, by
+    default 127.0.0.1); the caller closes it."""
+    host = host or observer.host
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):

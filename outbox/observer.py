@@ -13,7 +13,7 @@ from outbox.retry import NO_SINK_KEY
 
 if TYPE_CHECKING:
     from outbox.records import Settlement
-    from outbox.sink_status import SinkStatus
+    from outbox.sink_status import EventFigures, SinkStatus
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class RelayObserver:
     """Receives the relay's measurements (for metrics); every method defaults to nothing."""
 
     wants_backlog = False
-    """True to have :meth:`backlog`, :meth:`fence_wait` and :meth:`sinks` called each
+    """True to have :meth:`event_figures`, :meth:`fence_wait` and :meth:`sinks` called each
     maintenance round (a few extra queries)."""
 
     def claimed(self, count: int) -> None:
@@ -71,12 +71,17 @@ class RelayObserver:
         """A settle found its lease taken over: the result was discarded."""
 
     def backlog(self, pending: int, lag_seconds: float) -> None:
-        """Events pending, and the age of the oldest one due."""
+        """Events pending, and how long the longest-waiting due event has been due."""
+
+    def event_figures(self, figures: EventFigures) -> None:
+        """The table's figures as ``outbox status`` shows them (:mod:`outbox.sink_status`);
+        calls :meth:`backlog` with its pending count and lag."""
+        self.backlog(figures.pending, figures.lag_seconds)
 
     def fence_wait(self, seconds: float) -> None:
         """Age of the oldest transaction of the database while due keyed events wait for it
-        (0: none wait); sampled with :meth:`backlog`."""
+        (0: none wait); sampled with :meth:`event_figures`."""
 
     def sinks(self, sinks: Sequence[SinkStatus]) -> None:
         """Each sink's state and figures (:mod:`outbox.sink_status`); sampled with
-        :meth:`backlog`."""
+        :meth:`event_figures`."""

@@ -17,7 +17,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from outbox._validation import OutboxEvent, prepare_event, set_max_payload_bytes
+from outbox._validation import (
+    JsonDefault,
+    OutboxEvent,
+    prepare_event,
+    set_json_default,
+    set_max_payload_bytes,
+)
 from outbox._writer import (
     set_destination,
     write_events_psycopg,
@@ -39,12 +45,20 @@ def configure(
     schema: str | None = None,
     channel: str | None = None,
     max_payload_bytes: int | None = None,
+    json_default: JsonDefault | None = None,
 ) -> None:
-    """Set the outbox schema, the channel that wakes relays (their ``[relay] channel``) and
-    the payload size cap used by :func:`publish` and the session hook."""
+    """Set, for :func:`publish` and the session hook from now on: the outbox schema, the
+    channel that wakes relays (their ``[relay] channel``), the payload size cap, and
+    ``json_default``, a function like ``json.dumps``' ``default`` that turns a payload value
+    of a type JSON does not know into one it does (or raises ``TypeError``). It is asked
+    before the built-in rules for ``Decimal``, ``UUID``, dates and times, enums, dataclasses
+    and pydantic models. An argument left ``None`` keeps its current setting.
+    """
     set_destination(schema=schema, channel=channel)
     if max_payload_bytes is not None:
         set_max_payload_bytes(max_payload_bytes)
+    if json_default is not None:
+        set_json_default(json_default)
 
 
 @overload
@@ -94,13 +108,17 @@ def publish(
 
     On a connection the event is written at once. On a session it is written by the
     session's next flush, together with the events entities recorded (see
-    :func:`outbox.install`), or at commit; its ``id`` is set then. The first time a session
-    class is given, the session hook is installed on it.
+    :func:`outbox.install`), or at commit; its ``id`` is set then. Any session will do: the
+    session hook serves every session, and starts if nothing started it yet.
 
     Events with the same ``key`` reach each sink in publish order. ``process_at`` (aware
     datetime) or ``delay`` (seconds or timedelta, measured on the database clock) postpone
     delivery. A second event with the same ``dedup_key`` is not written: the returned
     event then has ``duplicate=True`` and the existing event's ``id``.
+
+    ``payload`` is JSON (not ``None``: pass ``{}`` for an event without data); ``Decimal``,
+    ``UUID``, dates and times, enums, dataclasses and pydantic models in it are converted
+    (see :func:`configure` for ``json_default``, and docs/publishing.md for what is stored).
 
     Raises :class:`~outbox.PublishError` for invalid input, before anything is written.
     """

@@ -161,6 +161,7 @@ class Relay:
             stats=self.stats,
             held_sinks=self._fanout.set_held,
             suspects_waiting=self._claims.gate.suspects_waiting,
+            sink_names=tuple(sinks),
             wake=self._wake,
             stopping=self._stopping,
         )
@@ -360,7 +361,7 @@ def _count_and_log(
 ) -> None:
     if settlement.status == "done":
         stats.done += 1
-        _log_event(logging.INFO, "delivered", row)
+        _log_event(logging.DEBUG, "delivered", row)  # at INFO: the maintenance summary
     elif settlement.status == "failed":
         stats.failed += 1
         _log_event(logging.WARNING, "failed: %s", row, settlement.last_error)

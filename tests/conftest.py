@@ -8,49 +8,37 @@ session. Each test gets a fresh database cloned from a migrated template.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
+import functools
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from outbox import migrate
-from outbox._embedded import start_embedded
-from outbox._urls import libpq_url, with_database
+from outbox._urls import with_database
+from outbox.testing import ServerChoice, choose_server, describe_server, postgres_server
 
 
-def _docker_postgres() -> Iterator[str] | None:
-    try:
-        import docker  # type: ignore[import-untyped]
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+@functools.cache
+def server_choice() -> ServerChoice:
+    """Chosen once per session: the header line and the fixture agree."""
+    return choose_server()
 
-        docker.from_env().ping()
-    except Exception:
-        return None
 
-    def run() -> Iterator[str]:
-        with PostgresContainer("postgres:16", driver=None) as container:
-            yield container.get_connection_url()
-
-    return run()
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"PostgreSQL: {describe_server(server_choice())}"
 
 
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
-    """URL of a PostgreSQL server on which tests may create databases."""
-    configured = os.environ.get("OUTBOX_TEST_DATABASE_URL")
-    if configured:
-        yield libpq_url(configured)
-        return
-    docker_run = _docker_postgres()
-    if docker_run is not None:
-        yield from docker_run
-        return
-    with tempfile.TemporaryDirectory(prefix="outbox-test-") as tmp:
-        yield start_embedded(Path(tmp) / "pgdata", cleanup="delete")
+    """URL of a PostgreSQL server on which tests may create databases.
+
+    A server started here is stopped at the end of the session, before its data directory is
+    removed; the session fails if its postmaster is still running afterwards.
+    """
+    with postgres_server(server_choice()) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -420,13 +420,6 @@ SELECT (SELECT EXTRACT(EPOCH FROM (min(process_at) - now()))::float8
         FROM {table} WHERE status = 'pending' AND process_at > now()),
        EXISTS (SELECT 1 FROM {table} WHERE status = 'pending' AND process_at <= now())
 
--- name: pending_backlog
--- Pending events and the age of the oldest due one, for metrics (outbox_events_pending_idx).
-SELECT count(*),
-       COALESCE(EXTRACT(EPOCH FROM
-           now() - min(process_at) FILTER (WHERE process_at <= now())), 0)::float8
-FROM {table} WHERE status = 'pending'
-
 -- name: work_outstanding
 -- Whether work is left for a draining relay: rows in flight, or due rows a claim may take.
 -- Events waiting only on held sinks, or parked behind a failed event of their key, are not
@@ -544,6 +537,14 @@ SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, false)
 -- table).
 SELECT 1
 
+-- name: event_figures
+-- For the metrics a maintenance round samples: the events pending, processing and failed,
+-- counted as `outbox status` counts them (each by its partial index:
+-- outbox_events_pending_idx, outbox_events_processing_idx, outbox_events_failed_idx).
+SELECT (SELECT count(*) FROM {table} WHERE status = 'pending'),
+       (SELECT count(*) FROM {table} WHERE status = 'processing'),
+       (SELECT count(*) FROM {table} WHERE status = 'failed')
+
 -- ===========================================================================================
 -- admin (outbox/admin.py)
 -- ===========================================================================================
@@ -554,7 +555,8 @@ SELECT 1
 
 -- fragment: event_filters
 -- The selection shared by listing and repairs. A topic pattern arrives as a regular
--- expression matched against '.' || topic (see outbox.admin.topic_regex).
+-- expression matched against '.' || topic (see outbox.admin.topic_regex). %(live)s leaves
+-- out cancelled events (their '*cancelled' deliveries entry, outbox/cancel.py).
 (%(ids)s::bigint[] IS NULL OR e.id = ANY(%(ids)s::bigint[]))
 AND (%(statuses)s::text[] IS NULL OR e.status = ANY(%(statuses)s::text[]))
 AND (%(topic_re)s::text IS NULL OR '.' || e.topic ~ %(topic_re)s::text)
@@ -565,6 +567,7 @@ AND (%(sink_status)s::text IS NULL
 AND (%(since)s::timestamptz IS NULL OR e.created_at >= %(since)s::timestamptz)
 AND (%(until)s::timestamptz IS NULL OR e.created_at < %(until)s::timestamptz)
 AND (%(done_before)s::timestamptz IS NULL OR e.done_at < %(done_before)s::timestamptz)
+AND (NOT %(live)s::boolean OR NOT e.deliveries ? '*cancelled')
 
 -- fragment: repair_batch
 -- The next batch of a plan: matching rows above the last batch, up to the plan's bound, in
@@ -804,6 +807,46 @@ WHERE e.id = batch.id
 RETURNING e.id, e.key
 ), {woken_after_repair}
 SELECT id FROM repaired
+
+-- name: cancel_events
+-- Cancel events that must never go out (outbox/cancel.py, decision 12): of the ids given,
+-- those pending and not in flight (not in a lock-mode batch recorded in outbox_claims, not
+-- locked by a claim: skipped) become `done` with a `*cancelled` entry in their deliveries
+-- saying who, when and why, so that key order, retention and every claim treat them as
+-- finished. Later pending events of their keys that wait until later look again now; rows
+-- cancelled here are left out of that wake. Returns the ids cancelled (primary key, then
+-- outbox_events_key_idx for the wake).
+WITH target AS (
+    SELECT e.id FROM {table} AS e
+    WHERE e.id = ANY(CAST(%(ids)s AS bigint[])) AND e.status = 'pending'
+      AND e.id NOT IN (SELECT unnest(c.event_ids) FROM {claims} AS c)
+    FOR UPDATE SKIP LOCKED
+), cancelled AS (
+    UPDATE {table} AS e
+    SET status = 'done', done_at = now(), suspect = false,
+        deliveries = e.deliveries || jsonb_build_object('*cancelled', jsonb_build_object(
+            'status', 'cancelled', 'by', COALESCE(%(by)s::text, current_user::text),
+            'at', now(), 'reason', %(reason)s::text))
+    FROM target
+    WHERE e.id = target.id
+    RETURNING e.id, e.key
+), woken AS (
+    UPDATE {table} AS w SET process_at = now()
+    FROM (SELECT key, min(id) AS id FROM cancelled WHERE key IS NOT NULL GROUP BY key) AS r
+    WHERE w.key = r.key AND w.id > r.id AND w.status = 'pending' AND w.process_at > now()
+      AND w.id NOT IN (SELECT id FROM target))
+SELECT id FROM cancelled ORDER BY id
+
+-- name: cancel_refusals
+-- Why events could not be cancelled: each id's status, lease holder, whether a lock-mode
+-- batch holds it (outbox_claims) and its cancellation if it has one; ids with no event
+-- return no row (primary key).
+SELECT e.id, e.status, e.locked_by, e.locked_until,
+       e.status = 'pending' AND e.id IN (SELECT unnest(c.event_ids) FROM {claims} AS c),
+       e.deliveries -> '*cancelled'
+FROM {table} AS e
+WHERE e.id = ANY(CAST(%(ids)s AS bigint[]))
+ORDER BY e.id
 
 -- ===========================================================================================
 -- publish (the event writer)

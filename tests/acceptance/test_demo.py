@@ -68,7 +68,7 @@ def test_demo_on_a_fresh_embedded_server_delivers_everything(
     try:
         again = _demo(tmp_path, "--data-dir", str(data_dir))
         assert again.returncode == 0, again.stdout + again.stderr
-        assert "Restarting an embedded PostgreSQL" in again.stdout
+        assert "Using the embedded PostgreSQL already running from" in again.stdout
     finally:
         stopped = _demo(tmp_path, "--stop", "--data-dir", str(data_dir))
     assert stopped.returncode == 0

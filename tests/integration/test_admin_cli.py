@@ -640,7 +640,6 @@ def test_retry_dry_run_changes_nothing(database_url: str, workdir: Path) -> None
     [
         [],
         ["--all", "--id", "1"],
-        ["--all", "--sink", "hook"],
         ["--id", "x"],
         ["--topic", "order..paid"],
     ],

@@ -79,7 +79,7 @@ def relay_process(
         [
             sys.executable, "-m", "outbox.cli", "relay",
             "--config", "outbox.toml", "--database-url", database_url,
-            "--metrics-port", str(port), "--log-format", "json",
+            "--metrics-port", str(port), "--log-format", "json", "--log-level", "debug",
         ],
         cwd=tmp_path,
         env=env,
@@ -149,7 +149,7 @@ def test_metrics_add_up_to_the_events_delivered(
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     delivered_lines = [line for line in lines if line["message"].endswith(": delivered")]
     assert len({line["event_id"] for line in delivered_lines}) == 31
-    assert all(line["level"] == "info" for line in delivered_lines)
+    assert all(line["level"] == "debug" for line in delivered_lines)
     assert {line["topic"] for line in delivered_lines} == {
         "order.paid",
         "order.created",

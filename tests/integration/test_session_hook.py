@@ -24,7 +24,6 @@ from sqlalchemy.orm import (
 )
 
 import outbox
-from outbox import hook
 from outbox._urls import sqlalchemy_url
 
 
@@ -308,17 +307,6 @@ async def test_async_savepoint_rollback_discards_its_events(
         await savepoint.rollback()
         order.record_event("outside", {})
     assert topics(database_url) == ["outside"]
-
-
-def test_installing_on_async_sessionmaker_hooks_a_session_class_of_its_own(
-    async_engine: AsyncEngine,
-) -> None:
-    # Not Session itself: other sessions are left alone (unless publish() is given one).
-    maker = outbox.install(async_sessionmaker(async_engine))
-    sync_class = maker.kw["sync_session_class"]
-    assert sync_class is not Session
-    assert issubclass(sync_class, Session)
-    assert hook._is_installed(sync_class)
 
 
 # -- trap (e): threads -------------------------------------------------------------------

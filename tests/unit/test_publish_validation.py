@@ -6,10 +6,14 @@ publish() itself refuses bad input before it looks at its target.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import decimal
+import enum
 import json
 import math
 import types
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +26,7 @@ from outbox._validation import (
     MAX_PAYLOAD_DEPTH,
     MAX_TOPIC_LENGTH,
     prepare_event,
+    set_json_default,
 )
 from outbox.exceptions import OutboxError
 
@@ -70,7 +75,7 @@ def test_publish_refuses_an_unknown_target_with_a_type_error() -> None:
         ({"price": math.nan}, r"payload\['price'\] is nan", "NaN in an object"),
         (b"bytes", r"^payload is a bytes", "bytes"),
         ({"tags": {"a", "b"}}, r"payload\['tags'\] is a set", "set"),
-        ({"when": dt.date(2024, 1, 1)}, r"payload\['when'\] is a date", "date"),
+        ({"for": dt.timedelta(hours=1)}, r"payload\['for'\] is a timedelta", "timedelta"),
         ([object()], r"payload\[0\] is a object", "object"),
         ({"a": [0, 1, b"x"]}, r"payload\['a'\]\[2\] is a bytes", "deep location"),
         ({"a": {"b": [{"c": math.inf}]}}, r"payload\['a'\]\['b'\]\[0\]\['c'\] is inf", "deeper"),
@@ -119,6 +124,253 @@ def test_circular_payload_is_a_publish_error() -> None:
 
 def test_int_too_long_for_str_is_a_publish_error() -> None:
     refused("cannot be serialised", payload={"n": 10**10_000})
+
+
+def test_unknown_type_is_refused_naming_its_type_its_path_and_the_fix() -> None:
+    message = refused(
+        r"payload\['order'\]\['tags'\] is a frozenset", payload={"order": {"tags": frozenset()}}
+    )
+    assert "outbox.configure(json_default=" in message
+
+
+# -- payload: None -----------------------------------------------------------------------
+
+
+def test_none_payload_is_refused_at_the_call_naming_the_topic() -> None:
+    with pytest.raises(outbox.PublishError, match=r"payload of 'order.confirmed' is None") as info:
+        prepare_event("order.confirmed", None)
+    assert "{}" in str(info.value)  # the fix: an empty object
+
+
+def test_none_payload_is_refused_by_publish_before_it_looks_at_its_target() -> None:
+    with pytest.raises(outbox.PublishError, match="is None"):
+        outbox.publish(object(), "order.confirmed", None)  # type: ignore[call-overload]
+
+
+def test_none_is_refused_when_a_conversion_makes_the_whole_payload_null(
+    json_default: None,
+) -> None:
+    set_json_default(lambda value: None)
+    with pytest.raises(outbox.PublishError, match="is None"):
+        prepare_event("order.confirmed", Money(1, "EUR"))
+
+
+# -- payload: built-in encoding ----------------------------------------------------------
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    DEEP = decimal.Decimal("0.5")
+
+
+@dataclasses.dataclass
+class Money:
+    amount: Any
+    currency: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Line:
+    sku: uuid.UUID
+    price: Money
+    shipped: dt.date | None = None
+
+
+ORDER_ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+PARIS = dt.timezone(dt.timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        (decimal.Decimal("12.30"), "12.30"),
+        (decimal.Decimal("-0.000000000000000000001"), "-1E-21"),
+        (decimal.Decimal("12345678901234567890.123456789"), "12345678901234567890.123456789"),
+        (ORDER_ID, "12345678-1234-5678-1234-567812345678"),
+        (dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "2030-01-02T03:04:05+00:00"),
+        (dt.datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=PARIS), "2030-01-02T03:04:05.000678+01:00"),
+        (dt.date(2030, 1, 2), "2030-01-02"),
+        (dt.time(9, 30), "09:30:00"),
+        (Colour.RED, "red"),
+        (Colour.DEEP, "0.5"),
+        (Money(decimal.Decimal("9.99"), "EUR"), {"amount": "9.99", "currency": "EUR"}),
+        (
+            Line(ORDER_ID, Money(1, "EUR"), dt.date(2030, 1, 2)),
+            {
+                "sku": "12345678-1234-5678-1234-567812345678",
+                "price": {"amount": 1, "currency": "EUR"},
+                "shipped": "2030-01-02",
+            },
+        ),
+    ],
+    ids=repr,
+)
+def test_built_in_types_are_stored_as_documented(value: Any, stored: Any) -> None:
+    payload = {"value": value, "in_a_list": [value]}
+    event = prepare_event("a", payload)
+    assert json.loads(event.payload_json) == {"value": stored, "in_a_list": [stored]}
+    assert event.payload is payload  # the caller's object, untouched
+
+
+def test_a_dataclass_can_be_the_whole_payload() -> None:
+    event = prepare_event("a", Money(decimal.Decimal("1.50"), "EUR"))
+    assert json.loads(event.payload_json) == {"amount": "1.50", "currency": "EUR"}
+
+
+def test_a_pydantic_model_is_stored_as_its_json_mode_dump() -> None:
+    pydantic = pytest.importorskip("pydantic", reason="pydantic is not installed")
+
+    class Order(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        id: uuid.UUID
+        total: decimal.Decimal
+        placed_at: dt.datetime
+        lines: list[int]
+
+    order = Order(
+        id=ORDER_ID,
+        total=decimal.Decimal("10.50"),
+        placed_at=dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        lines=[1, 2],
+    )
+    event = prepare_event("order.placed", {"order": order})
+    assert json.loads(event.payload_json) == {"order": order.model_dump(mode="json")}
+    assert json.loads(prepare_event("order.placed", order).payload_json) == order.model_dump(
+        mode="json"
+    )
+
+
+def test_naive_datetime_in_a_payload_is_refused_naming_where_and_the_fix() -> None:
+    message = refused(
+        r"payload\['at'\] is a naive datetime", payload={"at": dt.datetime(2030, 1, 1)}
+    )
+    assert "timezone-aware" in message
+    assert "json_default" in message
+
+
+@pytest.mark.parametrize("special", ["NaN", "sNaN", "Infinity", "-Infinity"])
+def test_decimal_that_is_not_a_number_is_refused(special: str) -> None:
+    refused(r"payload\['price'\] is Decimal", payload={"price": decimal.Decimal(special)})
+
+
+def test_values_inside_a_dataclass_are_checked_with_their_path() -> None:
+    refused(r"payload\['price'\]\['amount'\] is nan", payload={"price": Money(math.nan, "EUR")})
+    refused(r"payload\['price'\]\['currency'\] is a bytes", payload={"price": Money(1, b"EUR")})
+
+
+def test_a_dataclass_that_contains_itself_is_refused() -> None:
+    money = Money(1, "EUR")
+    money.amount = money
+    refused("nested too deeply", payload=money)
+
+
+def test_a_dataclass_class_is_not_an_instance() -> None:
+    refused(r"payload\['kind'\] is a type", payload={"kind": Money})
+
+
+# -- payload: json_default ---------------------------------------------------------------
+
+
+@pytest.fixture
+def json_default() -> Iterator[None]:
+    """Lets a test set a json_default; none is set afterwards."""
+    yield
+    set_json_default(None)
+
+
+class Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+
+def encode_points(value: Any) -> Any:
+    if isinstance(value, Point):
+        return [value.x, value.y]
+    raise TypeError(f"{type(value).__name__} is not a Point")
+
+
+@pytest.mark.usefixtures("json_default")
+def test_json_default_converts_what_the_built_ins_do_not_know() -> None:
+    refused(r"payload\['at'\] is a Point", payload={"at": Point(1, 2)})
+    outbox.configure(json_default=encode_points)
+    event = prepare_event("a", {"at": Point(1, 2), "path": (Point(0, 0), Point(3, 4))})
+    assert json.loads(event.payload_json) == {"at": [1, 2], "path": [[0, 0], [3, 4]]}
+
+
+@pytest.mark.usefixtures("json_default")
+def test_json_default_is_asked_before_the_built_ins() -> None:
+    def decimals_as_numbers(value: Any) -> Any:
+        if isinstance(value, decimal.Decimal):
+            return float(value)
+        raise TypeError
+
+    outbox.configure(json_default=decimals_as_numbers)
+    event = prepare_event("a", {"price": decimal.Decimal("9.5"), "id": ORDER_ID})
+    # Its TypeError hands what it does not know to the built-ins.
+    assert json.loads(event.payload_json) == {"price": 9.5, "id": str(ORDER_ID)}
+
+
+@pytest.mark.usefixtures("json_default")
+def test_a_type_neither_knows_is_refused_with_what_json_default_said() -> None:
+    outbox.configure(json_default=encode_points)
+    message = refused(r"payload\['tags'\] is a set", payload={"tags": {1}})
+    assert "set is not a Point" in message
+
+
+@pytest.mark.usefixtures("json_default")
+def test_what_json_default_returns_is_checked_like_the_payload() -> None:
+    outbox.configure(json_default=lambda value: {"x": math.nan})
+    refused(r"payload\['at'\]\['x'\] is nan", payload={"at": Point(1, 2)})
+
+    def points_as_money(value: Any) -> Any:
+        if isinstance(value, Point):
+            return Money(value.x, "EUR")  # converted in turn: asked again, then built in
+        raise TypeError
+
+    outbox.configure(json_default=points_as_money)
+    event = prepare_event("a", {"at": Point(1, 2)})
+    assert json.loads(event.payload_json) == {"at": {"amount": 1, "currency": "EUR"}}
+
+
+@pytest.mark.usefixtures("json_default")
+def test_json_default_that_returns_its_argument_is_refused() -> None:
+    outbox.configure(json_default=lambda value: value)
+    refused(
+        r"payload\['at'\]: json_default returned the Point it was given",
+        payload={"at": Point(1, 2)},
+    )
+
+
+@pytest.mark.usefixtures("json_default")
+def test_json_default_that_never_reaches_json_is_refused() -> None:
+    outbox.configure(json_default=lambda value: Point(1, 2))
+    refused(r"payload\['at'\]: json_default .* Point", payload={"at": Point(1, 2)})
+
+
+@pytest.mark.usefixtures("json_default")
+def test_an_error_in_json_default_is_a_publish_error_naming_where() -> None:
+    def broken(value: Any) -> Any:
+        raise ValueError("no exchange rate")
+
+    outbox.configure(json_default=broken)
+    with pytest.raises(
+        outbox.PublishError,
+        match=r"payload\['at'\]: json_default raised ValueError.*no exchange rate",
+    ) as info:
+        prepare_event("a", {"at": Point(1, 2)})
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+@pytest.mark.usefixtures("json_default")
+def test_configure_refuses_a_json_default_that_is_not_callable() -> None:
+    with pytest.raises(TypeError, match="json_default must be callable"):
+        outbox.configure(json_default="str")  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("json_default")
+def test_configure_without_json_default_keeps_the_one_set() -> None:
+    outbox.configure(json_default=encode_points)
+    outbox.configure(max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES)
+    assert json.loads(prepare_event("a", Point(1, 2)).payload_json) == [1, 2]
 
 
 # -- payload: size cap -------------------------------------------------------------------
@@ -332,7 +584,8 @@ def test_aware_process_at_in_any_zone_is_kept() -> None:
             {"name": "Zoë", "city": "東京", "emoji": "🎉"},
             {"name": "Zoë", "city": "東京", "emoji": "🎉"},
         ),
-        (None, None),
+        ([None], [None]),
+        ({"none": None}, {"none": None}),
         (True, True),
         (0, 0),
         (-1.5, -1.5),

@@ -1,4 +1,5 @@
-"""The webhook sink's pure rules: status verdicts, Retry-After, address checks, signing."""
+"""The webhook sink's pure rules: status verdicts, Retry-After, address checks (at delivery
+and in the configuration), signing, and which event headers travel."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import os
 import pytest
 from standardwebhooks import Webhook
 
-from outbox._webhook_rules import redact, shown_url
+from outbox._webhook_rules import (
+    SINK_HEADERS,
+    allow_hint,
+    event_headers,
+    redact,
+    shown_url,
+    url_address_problem,
+)
 from outbox.testing import make_event
 from outbox.webhook_sink import (
     MAX_RETRY_AFTER,
@@ -164,3 +172,93 @@ def test_redact_replaces_every_spelling_of_the_url() -> None:
     assert "xoxb" not in redacted
     assert ":p@" not in redacted
     assert "https://h.example/…" in redacted
+
+
+# -- addresses known from the configuration alone ---------------------------------------------
+
+
+def networks(*written: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(network) for network in written]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8080/x", "127.0.0.1 is not a public address (loopback)"),
+        ("https://10.0.0.9/", "10.0.0.9 is not a public address (private)"),
+        ("http://[fe80::1]/", "fe80::1 is not a public address (link-local)"),
+        ("http://[::ffff:192.168.1.1]/", "(IPv4 192.168.1.1) is not a public address (private)"),
+        ("http://0x7f.1/", "127.0.0.1 is not a public address (loopback)"),
+        ("http://2130706433/", "127.0.0.1 is not a public address (loopback)"),
+        ("http://0/", "0.0.0.0 is not a public address (unspecified)"),
+        ("http://LOCALHOST./", "LOCALHOST. is a loopback name"),
+    ],
+)
+def test_url_address_problem_names_the_address_and_the_fix(url: str, expected: str) -> None:
+    problem = url_address_problem(url, [])
+    assert problem is not None
+    assert expected.lower() in problem.lower()
+    assert "allowed_networks = [" in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://hooks.example.com/", []),  # a name: resolved, and checked, at delivery
+        ("https://localhost.example.com/", []),
+        ("https://8.8.8.8/", []),
+        ("http://127.0.0.1/", ["127.0.0.0/8"]),
+        ("http://[::ffff:10.1.1.1]/", ["10.0.0.0/8"]),
+        ("http://localhost/", ["::1/128"]),  # one of its addresses is enough here
+    ],
+)
+def test_url_address_problem_passes(url: str, allowed: list[str]) -> None:
+    assert url_address_problem(url, networks(*allowed)) is None
+
+
+def test_allow_hint_lists_each_address_as_the_smallest_network() -> None:
+    addresses = [ipaddress.ip_address(a) for a in ("10.0.0.1", "::ffff:10.0.0.1", "fd00::1")]
+    assert allow_hint(addresses) == 'allowed_networks = ["10.0.0.1/32", "fd00::1/128"]'
+
+
+# -- event headers on the request ---------------------------------------------------------------
+
+
+def test_event_headers_travel_in_lower_case_without_surrounding_blanks() -> None:
+    sent, skipped = event_headers({"X-Tenant": " acme ", "traceparent": "00-ab-cd-01"}, frozenset())
+    assert sent == {"x-tenant": "acme", "traceparent": "00-ab-cd-01"}
+    assert skipped == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["webhook-id", "Webhook-Signature", "webhook-timestamp", "webhook-anything", *SINK_HEADERS],
+)
+def test_the_sinks_own_headers_are_never_set_by_an_event(name: str) -> None:
+    sent, skipped = event_headers({name: "x"}, frozenset())
+    assert sent == {}
+    assert skipped == [(name, "the webhook sink sets this header itself")]
+
+
+def test_headers_the_sink_is_configured_with_win() -> None:
+    sent, skipped = event_headers({"Authorization": "t", "x-a": "1"}, frozenset({"authorization"}))
+    assert sent == {"x-a": "1"}
+    assert [name for name, _ in skipped] == ["Authorization"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("x a", "1"),
+        ("x:a", "1"),
+        ("x-é", "1"),
+        ("", "1"),
+        ("x-a", "caf\u00e9"),
+        ("x-a", "a\r\nx-evil: 1"),
+        ("x-a", "a\x7f"),
+    ],
+)
+def test_headers_http_cannot_carry_are_left_out(name: str, value: str) -> None:
+    sent, skipped = event_headers({name: value}, frozenset())
+    assert sent == {}
+    assert [skipped_name for skipped_name, _ in skipped] == [name]
