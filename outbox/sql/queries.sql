@@ -190,22 +190,22 @@ CASE WHEN EXISTS (SELECT 1 FROM unnest(s.blocked) AS d(key) WHERE NOT {sink_bloc
 -- waiting or retrying: s.freed): per key and such sink, the next event still to be
 -- delivered (pending or in flight) that has not reached it looks again now (decision 11). Rows locked by another claim are skipped:
 -- that claim's settle looks for itself (next_look). Rows of this batch are left to the relay
--- (outbox_events_key_idx, then primary keys: the ids come as one array, so that the rows
--- waiting with a later process_at are never scanned).
+-- (outbox_events_key_idx, then a primary key lookup per target: never a scan of the rows
+-- waiting with a later process_at).
 woken AS (
     UPDATE {table} AS w SET process_at = now()
     FROM (
-        SELECT next.id FROM {table} AS next
-        WHERE next.id = ANY (ARRAY(
-                SELECT (SELECT min(later.id) FROM {table} AS later
-                        WHERE later.key = f.key AND later.id > f.id
-                          AND later.status IN ('pending', 'processing')
-                          AND later.deliveries -> d.sink ->> 'status' <> 'delivered')
-                FROM settled AS f CROSS JOIN unnest(f.freed) AS d(sink)
-                WHERE f.key IS NOT NULL))
-          AND next.id NOT IN (SELECT id FROM settled)
+        SELECT next.id
+        FROM (SELECT (SELECT min(later.id) FROM {table} AS later
+                      WHERE later.key = f.key AND later.id > f.id
+                        AND later.status IN ('pending', 'processing')
+                        AND later.deliveries -> d.sink ->> 'status' <> 'delivered') AS id
+              FROM settled AS f CROSS JOIN unnest(f.freed) AS d(sink)
+              WHERE f.key IS NOT NULL) AS target
+        JOIN {table} AS next ON next.id = target.id
+        WHERE next.id NOT IN (SELECT id FROM settled)
           AND next.status = 'pending' AND next.process_at > now()
-        FOR UPDATE SKIP LOCKED) AS n
+        FOR UPDATE OF next SKIP LOCKED) AS n
     WHERE w.id = n.id)
 
 -- name: lock_keys
