@@ -35,6 +35,9 @@ has reached the sink; never counted as a delivery."""
 UNROUTED = "unrouted"
 NO_SINK_KEY = "*"
 MAX_ERROR_LENGTH = 2000
+MAX_BEHIND_LOOK = dt.timedelta(hours=1)
+"""The longest a sink waiting behind an earlier event of its key goes without looking again
+by itself (see ``_behind_until``)."""
 MAX_RETRY_AFTER = 30 * 24 * 3600.0
 """A sink's ``retry_after`` beyond this (seconds) is cut to it: far enough for any receiver,
 near enough that the date stays representable (an infinite one would crash the settle)."""
@@ -176,6 +179,8 @@ def settle_event(
             continue
         state = new_deliveries.setdefault(name, {"attempts": 0})
         state.pop("not_before", None)
+        if name in blocked:
+            until = _behind_until(state, until, now)
         state.update(status=WAITING, until=until.isoformat())
     for name, outcome in outcomes.items():
         state = new_deliveries.setdefault(name, {"attempts": 0})
@@ -205,6 +210,20 @@ def settle_event(
     return settlement
 
 
+def _behind_until(state: dict[str, Any], until: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """When a sink waiting behind an earlier event of its key looks again by itself: not
+    before ``until`` (the claim's bound), and not before it has waited as long again as it
+    has waited so far (up to :data:`MAX_BEHIND_LOOK`), so that a long outage's backlog is
+    not read again every minute. The delivery of the event it waits behind wakes it at once
+    anyway (decision 11). ``state`` keeps when the wait began (``since``)."""
+    if until <= now:  # the relay saw the way clear in this batch: look now
+        return until
+    if state.get("status") != WAITING or "since" not in state:
+        state["since"] = now.isoformat()
+    waited = now - dt.datetime.fromisoformat(state["since"])
+    return max(until, now + min(waited, MAX_BEHIND_LOOK))
+
+
 def _apply_outcome(
     state: dict[str, Any],
     outcome: Outcome,
@@ -214,6 +233,7 @@ def _apply_outcome(
 ) -> None:
     state.pop("not_before", None)
     state.pop("until", None)
+    state.pop("since", None)
     if outcome.ok:
         state.update(status=DELIVERED, delivered_at=now.isoformat(), last_error=None)
         return

@@ -388,3 +388,27 @@ def test_the_error_history_is_trimmed_to_the_newest() -> None:
     assert [e["at"] for e in errors] == [at(n).isoformat() for n in (4, 5, 6)]
     assert all(e["sink"] == "a" for e in errors)
     assert result.last_error == "e6"
+
+
+def test_a_wait_behind_an_earlier_event_looks_again_less_often_the_longer_it_lasts() -> None:
+    def behind(deliveries: Mapping[str, Mapping[str, Any]], now: dt.datetime) -> Settlement:
+        bound = now + dt.timedelta(minutes=1)  # what the claim says: a minute at least
+        return settle_event(
+            subscribed=("a",), deliveries=deliveries, errors=[], outcomes={}, now=now,
+            policy=NO_JITTER, waits={"a": bound}, blocked=("a",),
+        )  # fmt: skip
+
+    first = behind({}, NOW)
+    assert first.deliveries["a"]["until"] == at(60).isoformat()
+    assert first.deliveries["a"]["since"] == NOW.isoformat()
+    # Ten minutes on, still behind: the next look is ten minutes away, not one.
+    later = behind(first.deliveries, at(600))
+    assert later.deliveries["a"]["until"] == at(1200).isoformat()
+    assert later.deliveries["a"]["since"] == NOW.isoformat()
+    # A day on: at most an hour.
+    much_later = behind(later.deliveries, at(86400))
+    assert much_later.deliveries["a"]["until"] == at(86400 + 3600).isoformat()
+    # Delivered at last: the wait is over and forgotten.
+    done = settle({"a": SUCCESS}, subscribed=("a",), deliveries=much_later.deliveries)
+    assert done.status == "done"
+    assert "since" not in done.deliveries["a"]
