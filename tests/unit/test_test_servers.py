@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -84,13 +85,17 @@ def _processes_marked(marker: str, tmp: Path) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc")
-def test_a_pytest_session_on_the_embedded_server_leaves_no_process(tmp_path: Path) -> None:
+def test_a_pytest_session_on_the_embedded_server_leaves_no_process(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     session = tmp_path / "session"
     session.mkdir()
     shutil.copy(ROOT / "tests" / "conftest.py", session / "conftest.py")
     (session / "test_one.py").write_text(ONE_DATABASE_TEST, encoding="utf-8")
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    # The child's temporary files, under a short path: a PostgreSQL socket's path is limited
+    # to about 100 bytes, which pytest's own temporary directories can exceed.
+    temp = Path(tempfile.mkdtemp(prefix="ox-"))
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
     marker = f"OUTBOX_TEST_SESSION={uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if k != "OUTBOX_TEST_DATABASE_URL"}
     env |= dict([marker.split("=", 1)], TMPDIR=str(temp), DOCKER_HOST="unix:///nonexistent")
