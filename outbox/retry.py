@@ -214,7 +214,7 @@ def _behind_until(state: dict[str, Any], until: dt.datetime, now: dt.datetime) -
     """When a sink waiting behind an earlier event of its key looks again by itself: not
     before ``until`` (the claim's bound), and not before it has waited as long again as it
     has waited so far (up to :data:`MAX_BEHIND_LOOK`), so that a long outage's backlog is
-    not read again every minute. The delivery of the event it waits behind wakes it at once
+    not read again every few seconds. The delivery of the event it waits behind wakes it at once
     anyway (decision 11). ``state`` keeps when the wait began (``since``)."""
     if until <= now:  # the relay saw the way clear in this batch: look now
         return until

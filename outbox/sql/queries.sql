@@ -75,15 +75,15 @@ EXISTS (
 -- not go to them itself; a failed event is not looked at again, so its own entries count and
 -- its notes are left out. Each with when to look again: never by itself ('infinity') behind
 -- an event that failed there, which parks the key for that sink until an operator retries
--- or purges it; else at that event's own next look for the sink, and no sooner than a
--- minute from now. The settle that delivers the earlier event there wakes the next one
+-- or purges it; else at that event's own next look for the sink, and no sooner than 15
+-- seconds from now. The settle that delivers the earlier event there wakes the next one
 -- (woken_behind); the bound only covers a wake missed. A JSON object; NULL for an unkeyed
 -- row or one blocked nowhere. First one probe: most keyed rows have no earlier unfinished
 -- event at all (outbox_events_key_idx).
 (CASE WHEN e.key IS NOT NULL AND EXISTS (
     SELECT 1 FROM {table} AS earlier
     WHERE earlier.key = e.key AND earlier.id < e.id AND earlier.status <> 'done')
-THEN (SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '1 minute')) FROM (
+THEN (SELECT jsonb_object_agg(b.sink, greatest(b.until, now() + interval '15 seconds')) FROM (
     SELECT d.key AS sink,
            max(CASE d.value ->> 'status'
                    WHEN 'failed' THEN 'infinity'::timestamptz

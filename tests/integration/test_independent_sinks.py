@@ -37,8 +37,11 @@ from outbox.sink_switches import Switches
 from outbox.sinks import Event, Sink
 
 DEADLINE = 30.0
-"""Below the minute after which a waiting event looks again by itself: the held sinks catch
-up because each delivery wakes the next event of its key (decision 11)."""
+"""Enough for the held sinks to catch up: each delivery wakes the next event of its key
+(decision 11)."""
+CATCH_UP = 10.0
+"""Below the 15 seconds after which a waiting event looks again by itself: within it, only
+the wake after a delivery lets the next event of the key go."""
 KEYS = 8
 EVENTS = 120
 
@@ -147,8 +150,10 @@ async def _running(relay: Relay) -> AsyncIterator[asyncio.Task[Any]]:
         await asyncio.wait_for(task, DEADLINE)
 
 
-async def _until(task: asyncio.Task[Any], check: Any, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
+async def _until(
+    task: asyncio.Task[Any], check: Any, what: str, *, within: float = DEADLINE
+) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if task.done():
             task.result()
@@ -321,7 +326,7 @@ async def test_an_event_that_skips_a_sink_still_keeps_its_keys_order_there(
     """A later event learns what it waits for from the nearest events of its key; one that
     does not go to a sink must pass that sink on, whether it is still retrying its own sinks
     or has failed there. Once the earlier event reaches the sink, the later one follows at
-    once (well within the minute after which it would look again by itself)."""
+    once (within CATCH_UP, below the 15 seconds after which it would look again by itself)."""
     z = Recording(failing=True) if skipped_ends == "retrying" else AlwaysRefusing()
     x, y = Recording(failing=True), Recording()
     sinks: dict[str, Sink] = {"x": x, "y": y, "z": z}
@@ -349,6 +354,6 @@ async def test_an_event_that_skips_a_sink_still_keeps_its_keys_order_there(
         await _until(task, lambda: x.calls >= 3, "x to fail a few times")
         assert set(x.tried) == {first}, "x was tried with a later event of the key"
         x.failing = False
-        await _until(task, lambda: len(x.accepted) == 2, "x to catch up")
+        await _until(task, lambda: len(x.accepted) == 2, "x to catch up", within=CATCH_UP)
     assert x.accepted == [first, later], "x got the later event before the earlier one"
     assert noted not in x.accepted

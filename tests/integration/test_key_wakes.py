@@ -1,7 +1,7 @@
 """An event waiting behind an earlier event of its key looks again as soon as that event
 reaches the sink (decision 11): the settle that delivers it wakes the next one, and a settle
 of an event that was in flight meanwhile finds the way clear for itself. Without either, the
-waiting event would look again only at its bound, a minute later.
+waiting event would look again only at its bound, 15 seconds later.
 
 Driven at the store, one settle at a time, so that each interleaving is the one named.
 """
@@ -96,7 +96,7 @@ async def test_the_settle_that_reaches_a_sink_wakes_the_next_event_of_the_key(
     store = Store()
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         first = await _claim(store, conn, claim_mode, {later}, delivered=False)
-        assert _looks_again_within(database_url, later) > 50, "the bound is a minute"
+        assert _looks_again_within(database_url, later) > 10, "the bound is 15 seconds"
         await conn.execute(
             "UPDATE outbox_events SET process_at = now(), deliveries = jsonb_set(deliveries,"
             " '{x,not_before}', '\"2000-01-01T00:00:00+00:00\"') WHERE id = %s",
