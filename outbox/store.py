@@ -168,6 +168,7 @@ class Store:
         statements = _queries.for_schema(schema)
         self._claim = statements["claim_leased"]
         self._settle = statements["settle_leased"]
+        self._settle_alike = statements["settle_leased_alike"]
         self._lock_keys = statements["lock_keys"]
         self._claim_locked = statements["claim_locked"]
         self._settle_locked = statements["settle_locked"]
@@ -241,6 +242,12 @@ class Store:
         self, conn: Connection, settled: Sequence[tuple[ClaimedRow, Settlement]]
     ) -> set[int]:
         """Write back a batch; return the ids whose lease still held."""
+        if settled and store_rows.settle_alike(settled):
+            params = store_rows.alike_params(settled, settled[0][1])
+            params["tokens"] = [row.lease_token for row, _ in settled]
+            with _DRIVER_ERRORS:
+                cursor = await conn.execute(self._settle_alike, params)
+                return {record[0] for record in await cursor.fetchall()}
         params = {"rows": store_rows.settle_payload(settled)}
         keys = store_rows.keys_to_lock(settled)
         with _DRIVER_ERRORS:
@@ -259,9 +266,9 @@ class Store:
         and delete its record ``claim``; return the ids written."""
         if not settled:
             return set()
-        first = settled[0][1]
-        if not (first.freed or first.blocked) and all(s == first for _, s in settled):
-            statement, params = self._settle_locked_alike, store_rows.alike_params(settled, first)
+        if store_rows.settle_alike(settled):
+            statement = self._settle_locked_alike
+            params = store_rows.alike_params(settled, settled[0][1])
         else:
             statement, params = self._settle_locked, {"rows": store_rows.settle_payload(settled)}
         params["claim"] = claim

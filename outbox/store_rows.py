@@ -47,6 +47,13 @@ def _until(text: str) -> dt.datetime:
     return min(dt.datetime.fromisoformat(text), HELD_UNTIL)
 
 
+def settle_alike(settled: Sequence[tuple[ClaimedRow, Settlement]]) -> bool:
+    """Whether the batch can settle with one set of values (the ``*_alike`` statements):
+    every row settles the same, and none has anything to wake or look at again."""
+    first = settled[0][1]
+    return not (first.freed or first.blocked) and all(s == first for _, s in settled)
+
+
 def alike_params(
     settled: Sequence[tuple[ClaimedRow, Settlement]], first: Settlement
 ) -> dict[str, Any]:
