@@ -1,18 +1,22 @@
 """How fast one relay moves events, against the ceiling of its own SQL.
 
 For each batch size, the outbox table is filled with events (one INSERT ... SELECT
-generate_series), vacuumed, then emptied twice over:
+generate_series), vacuumed, then emptied three times over:
 
 * ceiling: ``Store.claim`` and ``Store.settle`` (the relay's statements, marking every row
   ``done`` with the settlement the relay writes for one successful sink) in a tight loop on
   one connection, nothing else; with ``--claim-mode lock``, ``Store.claim_locked`` and
   ``Store.settle_locked`` in one transaction per batch, as the relay runs them in that mode;
 * relay: ``outbox.relay.Relay`` with one in-process no-op sink subscribed to ``#``,
-  ``run(drain=True)``, in the claim mode asked for.
+  ``run(drain=True)``, in the claim mode asked for;
+* CLI relay: ``outbox relay --drain`` as a user runs it, in a process of its own, default
+  log level, a plain ``def`` callable sink from a configuration file, timed from its first
+  delivery to its exit (``--no-cli`` leaves it out).
 
-Both figures are events per second; the ratio says how much the relay costs on top of its
-SQL. Starts an embedded PostgreSQL in a temporary directory unless ``--database-url`` names a
-server (a database is created on it for the run and dropped afterwards).
+All figures are events per second; the ratios say how much the relay costs on top of its
+SQL (issue 14's target: the CLI relay at least 60% of the ceiling). Starts an embedded
+PostgreSQL in a temporary directory unless ``--database-url`` names a server (a database
+is created on it for the run and dropped afterwards).
 
 The bench database runs with ``synchronous_commit = off`` unless ``--synchronous-commit on``:
 both measurements commit as often, so waiting for the disk only adds noise (a lot of it on a
@@ -21,7 +25,7 @@ shared machine) to what is compared, the relay's own cost.
     python bench/relay_throughput.py [--database-url URL] [--events 20000]
         [--batch-sizes 1,10,100,1000] [--small-batch-events 3000] [--keys 0]
         [--synchronous-commit off] [--repeat 1] [--profile BATCH_SIZE]
-        [--claim-mode lease|lock]
+        [--claim-mode lease|lock] [--no-cli]
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ import os
 import platform
 import pstats
 import shlex
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import _common
 import psycopg
@@ -127,26 +135,80 @@ async def _relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
     return time.perf_counter() - started
 
 
+# The CLI relay's sink: a plain ``def`` callable, as a user writes one. It notes when it is
+# first called, so that the figure leaves out the interpreter's start and the imports.
+_CLI_SINK = """
+import time
+from pathlib import Path
+
+_started = Path(__file__).with_name("first_call")
+
+
+def deliver(event):
+    if not _started.exists():
+        _started.write_text(repr(time.time()))
+"""
+
+_CLI_CONFIG = """
+[relay]
+batch_size = {batch_size}
+claim_mode = "{claim_mode}"
+
+[sinks.noop]
+type = "callable"
+target = "benchsink:deliver"
+
+[[subscriptions]]
+topics = ["#"]
+sinks = ["noop"]
+"""
+
+
+def _cli_relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
+    """Seconds for ``outbox relay --drain`` as a user runs it (default log level, the
+    configuration file above, a process of its own), from its first delivery to its exit."""
+    with tempfile.TemporaryDirectory(prefix="outbox-bench-cli-") as tmp:
+        folder = Path(tmp)
+        (folder / "benchsink.py").write_text(_CLI_SINK)
+        config = folder / "outbox.toml"
+        config.write_text(_CLI_CONFIG.format(batch_size=batch_size, claim_mode=claim_mode))
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, *sys.path])}
+        command = [sys.executable, "-m", "outbox.cli", "relay", "--config", str(config)]
+        command += ["--database-url", url, "--drain"]
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        subprocess.run(command, check=True, env=environment, **quiet)
+        ended = time.time()
+        return ended - float((folder / "first_call").read_text())
+
+
 def _measure(
     url: str, batch_size: int, events: int, keys: int, which: str, claim_mode: ClaimMode
 ) -> float:
     _common.fill_keyed(url, events, keys)
-    runner = _ceiling if which == "ceiling" else _relay
-    seconds = asyncio.run(runner(url, batch_size, claim_mode))
+    if which == "cli":
+        seconds = _cli_relay(url, batch_size, claim_mode)
+    else:
+        runner = _ceiling if which == "ceiling" else _relay
+        seconds = asyncio.run(runner(url, batch_size, claim_mode))
     done = _count_done(url)
     if done != events:
         raise SystemExit(f"{which} at batch {batch_size}: {done} of {events} events done")
     return events / seconds
 
 
-def _best_of(args: argparse.Namespace, url: str, size: int, events: int) -> tuple[float, float]:
-    """The best of ``--repeat`` runs of each, alternating so both see the same machine."""
-    ceiling = relay = 0.0
+def _best_of(
+    args: argparse.Namespace, url: str, size: int, events: int
+) -> tuple[float, float, float]:
+    """The best of ``--repeat`` runs of each (ceiling, in-process relay, CLI relay),
+    taking turns so that all three see the same machine."""
+    ceiling = relay = cli = 0.0
     mode = args.claim_mode
     for _ in range(args.repeat):
         ceiling = max(ceiling, _measure(url, size, events, args.keys, "ceiling", mode))
         relay = max(relay, _measure(url, size, events, args.keys, "relay", mode))
-    return ceiling, relay
+        if not args.no_cli:
+            cli = max(cli, _measure(url, size, events, args.keys, "cli", mode))
+    return ceiling, relay, cli
 
 
 def _profile(url: str, batch_size: int, events: int, keys: int, claim_mode: ClaimMode) -> None:
@@ -183,6 +245,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--claim-mode", choices=CLAIM_MODES, default="lease", help="the relay's claim mode"
     )
+    parser.add_argument(
+        "--no-cli", action="store_true", help="leave out the CLI relay (`outbox relay`)"
+    )
     return parser.parse_args(argv)
 
 
@@ -199,12 +264,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{platform.python_version()}, {os.cpu_count()} CPUs, keys: {args.keys or 'none'}, "
             f"claim mode {args.claim_mode}, best of {args.repeat}"
         )
-        print(f"{'batch':>6} {'events':>7} {'ceiling ev/s':>13} {'relay ev/s':>11} {'ratio':>6}")
+        print(
+            f"{'batch':>6} {'events':>7} {'ceiling ev/s':>13} {'relay ev/s':>11} {'ratio':>6}"
+            f" {'CLI relay ev/s':>15} {'ratio':>6}"
+        )
         for size in sizes:
             events = args.small_batch_events if size < 10 else args.events
-            ceiling, relay = _best_of(args, url, size, events)
+            ceiling, relay, cli = _best_of(args, url, size, events)
+            shown = f" {cli:>15,.0f} {cli / ceiling:>6.0%}" if cli else ""
             print(
                 f"{size:>6} {events:>7} {ceiling:>13,.0f} {relay:>11,.0f} {relay / ceiling:>6.0%}"
+                + shown
+            )
+        if not args.no_cli:
+            print(
+                "CLI relay: `outbox relay --drain` in its own process, default log level, a "
+                "plain def callable sink; timed from its first delivery to its exit."
             )
         if args.profile:
             _profile(url, args.profile, args.events, args.keys, args.claim_mode)
@@ -219,6 +294,8 @@ def _command(args: argparse.Namespace) -> str:
     command += ["--batch-sizes", args.batch_sizes, "--keys", str(args.keys)]
     command += ["--synchronous-commit", args.synchronous_commit]
     command += ["--repeat", str(args.repeat), "--claim-mode", args.claim_mode]
+    if args.no_cli:
+        command.append("--no-cli")
     if args.profile:
         command += ["--profile", str(args.profile)]
     return shlex.join(command)

@@ -260,7 +260,7 @@ class Relay:
                     step = "wait"
                     if drain and not await self._store.has_outstanding(conn):
                         return
-                    await self._idle(conn)
+                    await self._idle(conn, drain=drain)
                 except CutOff:  # stopping, and shutdown_timeout passed: rows handed back
                     return
                 except DatabaseError as error:  # whatever the server sent: reconnect
@@ -318,17 +318,18 @@ class Relay:
         logger.warning("shutdown_timeout passed: handing back the batches in flight")
         self._claims.cut_off()
 
-    async def _idle(self, conn: Connection) -> None:
+    async def _idle(self, conn: Connection, *, drain: bool = False) -> None:
         if self._stopping.is_set():  # stop() came before this round cleared the wake-up
             return
         timeout = self.options.poll_interval
         next_due, waiting = await self._store.next_due(conn)
         if next_due is not None:
             timeout = min(timeout, next_due)
-        if waiting:
+        if waiting or drain:
             # Due rows that could not be claimed wait on a running transaction or an earlier
-            # event of their key; nothing notifies when those end, so look again soon, less
-            # often the longer it lasts.
+            # event of their key; a draining relay waits for rows another relay has in
+            # flight. Nothing notifies when those end, so look again soon, less often the
+            # longer it lasts.
             timeout = min(timeout, self._recheck)
             self._recheck = min(self._recheck * 2, self.options.poll_interval)
         with contextlib.suppress(TimeoutError):

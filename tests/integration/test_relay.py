@@ -570,6 +570,31 @@ async def test_drain_returns_once_nothing_is_due(database_url: str, db: Db) -> N
     assert sorted(sink.ids()) == sorted([*ids, poison])
 
 
+async def test_a_draining_relay_ends_soon_after_another_relays_batch(
+    database_url: str, db: Db
+) -> None:
+    """A draining relay that finds only rows in flight at another relay looks again soon,
+    not after its poll interval: that relay's settle sends no NOTIFY."""
+    gate = Gate()
+    holder = relay_for(database_url, {"sink": gate}, name="holder")
+    drainer = relay_for(database_url, {"sink": Recorder()}, name="drainer", poll_interval=60)
+    event_id = await publish(database_url, "order.paid")
+    async with running(holder) as run:
+        await asyncio.wait_for(gate.entered.wait(), DEADLINE)
+        draining = asyncio.create_task(drainer.run(drain=True))
+        try:
+            await asyncio.sleep(0.5)
+            assert not draining.done(), "the drain ended while another relay held an event"
+            gate.release.set()
+            await run.until(status_is(db, "done", event_id), "the held event to be done")
+            stats = await asyncio.wait_for(draining, 15)  # the poll interval is 60 s
+        finally:
+            drainer.stop()
+            gate.release.set()
+            await asyncio.wait_for(draining, DEADLINE)
+    assert stats.claimed == 0
+
+
 async def test_stop_lets_the_batch_in_flight_finish(database_url: str, db: Db) -> None:
     sink = Gate()
     relay = relay_for(database_url, {"sink": sink})
