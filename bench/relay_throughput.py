@@ -175,8 +175,9 @@ def _cli_relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, *sys.path])}
         command = [sys.executable, "-m", "outbox.cli", "relay", "--config", str(config)]
         command += ["--database-url", url, "--drain"]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        subprocess.run(command, check=True, env=environment, **quiet)
+        run = subprocess.run(command, env=environment, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"outbox relay exited {run.returncode}:\n{run.stderr[-2000:]}")
         ended = time.time()
         return ended - float((folder / "first_call").read_text())
 
