@@ -6,19 +6,25 @@ Not a benchmark. Each script puts ``bench/`` on ``sys.path`` by being run from i
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import datetime as dt
+import multiprocessing
 import os
 import platform
 import shlex
 import statistics
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from outbox import migrate
 from outbox._urls import libpq_url, with_database
@@ -178,3 +184,166 @@ def reproduce() -> str:
     return "reproduce (from the repository root): " + shlex.join(
         [".venv/bin/python", str(shown), *sys.argv[1:]]
     )
+
+
+def checkpoint(conn: psycopg.Connection[Any], table: str) -> None:
+    """VACUUM ANALYZE after a fill, then CHECKPOINT: no fill's dirty pages are written in the
+    middle of the next measurement, whichever system it is."""
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        conn.execute("CHECKPOINT")
+
+
+def conditions(url: str, *, log_level: str, sink: str, loop: str = "asyncio") -> str:
+    """The conditions a figure was measured under, in one line (printed under machine())."""
+    sync = scalar(url, "SHOW synchronous_commit")
+    return (
+        f"PostgreSQL {server_version(url)}, synchronous_commit = {sync}, {os.cpu_count()} cores "
+        f"shared by the server and the clients, log level {log_level}, sink: {sink}, "
+        f"event loop: {loop}"
+    )
+
+
+# -- relays as users run them: `outbox relay --drain` in processes of their own --------------
+
+# What the handler below saw, in this process: the ids of the events it was called with.
+HANDLED: list[int] = []
+
+
+def record_event(event: Event) -> None:
+    """A plain ``def`` callable sink that does nothing but note the event's id, so the parent
+    can check every event was handled exactly once. ``list.append`` is atomic under the GIL,
+    so the sink's threads need no lock."""
+    HANDLED.append(event.id)
+
+
+def relay_config(
+    path: Path, *, batch_size: int | None = None, claim_mode: str | None = None
+) -> Path:
+    """A configuration file as a user writes it: one callable sink subscribed to every topic,
+    every relay setting at its default but the batch size and the claim mode, if given."""
+    relay = "".join(
+        f"{key} = {value!r}\n"
+        for key, value in (("batch_size", batch_size), ("claim_mode", claim_mode))
+        if value is not None
+    )
+    path.write_text(
+        f"[relay]\n{relay}\n"
+        '[sinks.noop]\ntype = "callable"\ntarget = "_common:record_event"\n\n'
+        '[[subscriptions]]\ntopics = ["#"]\nsinks = ["noop"]\n'
+    )
+    return path
+
+
+def cli_relay_worker(
+    argv: list[str], output: str, use_uvloop: bool, ready: Any, go: Any, results: Any
+) -> None:
+    """One process running ``outbox relay ARGV`` through the CLI's own entry point (its
+    settings, logging and sinks), after a barrier so that every process starts at once with
+    its imports done. Its stdout and stderr (the log, at the CLI's default level) go to
+    ``output``; the ids the sink handled go back on ``results``."""
+    import asyncio
+
+    from outbox import cli
+
+    if use_uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    with open(output, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    ready.set()
+    go.wait()
+    code: object = 0
+    try:
+        cli.main(argv, standalone_mode=False)
+    except SystemExit as exited:
+        code = exited.code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    results.put((os.getpid(), code, HANDLED))
+
+
+@dataclasses.dataclass
+class Run:
+    seconds: float
+    handled: list[int]
+    log_lines: int
+
+
+def run_processes(
+    target: Callable[..., None], args_for: Callable[[int, str], tuple[Any, ...]], processes: int
+) -> Run:
+    """Start ``processes`` spawned processes ``target(*args_for(i, output), ready, go,
+    results)``, let them go together, and time them from the release to the last one's
+    result. Each puts ``(pid, exit code, handled ids)`` on ``results``; a process that fails
+    fails the run. None is left running, whatever happens."""
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    started_processes: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
+        outputs = [str(Path(tmp) / f"process-{i}.log") for i in range(processes)]
+        try:
+            readies = []
+            for i in range(processes):
+                ready = context.Event()
+                process = context.Process(
+                    target=target, args=(*args_for(i, outputs[i]), ready, go, results)
+                )
+                process.start()
+                started_processes.append(process)
+                readies.append(ready)
+            for ready in readies:
+                if not ready.wait(120):
+                    raise SystemExit("a worker process did not get ready in 120 s")
+            started = time.perf_counter()
+            go.set()
+            handled: list[int] = []
+            for _ in range(processes):
+                pid, code, ids = results.get(timeout=600)  # before join: the queue's pipe
+                if code not in (0, None):
+                    raise SystemExit(f"worker {pid} exited with {code}: {_tail(outputs)}")
+                handled.extend(ids)
+            seconds = time.perf_counter() - started
+            for process in started_processes:
+                process.join(30)
+        finally:
+            for process in started_processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        log_lines = sum(len(Path(o).read_text().splitlines()) for o in outputs if Path(o).exists())
+    return Run(seconds, handled, log_lines)
+
+
+def _tail(outputs: Sequence[str]) -> str:
+    lines: list[str] = []
+    for output in outputs:
+        with contextlib.suppress(OSError):
+            lines += Path(output).read_text().splitlines()[-5:]
+    return "\n".join(lines)
+
+
+def check_exactly_once(label: str, expected: Sequence[int], handled: Sequence[int]) -> None:
+    """Every expected id handled exactly once, nothing else handled: else the run fails."""
+    counts = collections.Counter(handled)
+    missing = [i for i in expected if i not in counts]
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    unknown = sorted(set(counts) - set(expected))
+    if missing or twice or unknown:
+        raise SystemExit(
+            f"FAILED exactly-once check, {label}: {len(expected)} events, {len(handled)} "
+            f"handler calls; {len(missing)} never handled {missing[:5]}, {len(twice)} handled "
+            f"more than once {twice[:5]}, {len(unknown)} unknown ids {unknown[:5]}"
+        )
+
+
+def ids(url: str, query: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [int(row[0]) for row in conn.execute(query.encode()).fetchall()]
+
+
+def spread(values: Sequence[float]) -> str:
+    """Median and range, as the tables print them."""
+    return f"{statistics.median(values):>9,.0f} {min(values):>9,.0f}-{max(values):<9,.0f}"
