@@ -13,6 +13,11 @@ transaction times.
 
     .venv/bin/python bench/publish.py                      # embedded PostgreSQL
     .venv/bin/python bench/publish.py --database-url postgresql://postgres@127.0.0.1/postgres
+    .venv/bin/python bench/publish.py --profile            # where an event's time goes
+
+``--profile`` times nothing: it profiles the transactions of --batch-size rows (one event per
+row) of each way that writes events, with cProfile, and prints the functions that spend the
+most time of their own, then the outbox's alone: the per-event Python beside the ORM's.
 
 Without ``--database-url`` an embedded server is started in a temporary directory. Either way
 the benchmark creates a fresh database, migrates it, and drops it at the end.
@@ -23,7 +28,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
-import io
 import json
 import os
 import platform
@@ -43,7 +47,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 import outbox
 from outbox._urls import sqlalchemy_url
 
-TARGET_OVERHEAD = 0.25
+# The most events may add to a transaction's median time (issue 14): a one-row transaction,
+# and a transaction of --batch-size rows with one event per row.
+TARGET_SINGLE = 0.20
+TARGET_BATCH = 0.35
 
 
 class Base(DeclarativeBase):
@@ -161,13 +168,39 @@ def report(scenario: Scenario, timings: dict[str, list[float]]) -> list[str]:
     return lines
 
 
-def profile(makers: Makers, scenario: Scenario, mode: str) -> str:
+def profile(makers: Makers, scenario: Scenario, mode: str, top: int) -> str:
+    """Where ``mode``'s time goes: the functions with the most time of their own, all of them
+    and then the outbox's alone, in microseconds per event (cProfile's overhead included)."""
     profiler = cProfile.Profile()
     for t in range(scenario.transactions):
         profiler.runcall(MODES[mode], makers, t, scenario.per_transaction)
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
-    return out.getvalue()
+    timings = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = sorted(timings.items(), key=lambda item: -item[1][2])
+    per_event = 1e6 / scenario.rows
+    total = sum(timing[2] for _, timing in rows) * per_event
+    lines = [
+        f"{mode}, {scenario.name}: {total:.1f} us per row and event in all, profiled (waits "
+        "for the server in psycopg's wait(); a garbage collection lands in whatever allocates)"
+    ]
+    for title, chosen in (
+        ("all functions", rows),
+        ("the outbox's functions", [row for row in rows if "/outbox/" in row[0][0]]),
+    ):
+        lines.append(f"  {title}, by own time (us per event: own, with callees; calls)")
+        for (path, line, name), (_, calls, own, cumulative, _) in chosen[:top]:
+            lines.append(
+                f"  {own * per_event:8.2f} {cumulative * per_event:8.2f} {calls:>8,}  "
+                f"{_short(path)}:{line}({name})"
+            )
+    return "\n".join(lines)
+
+
+def _short(path: str) -> str:
+    """A function's file without the machine's paths: from its package's folder on."""
+    for marker in ("/site-packages/", "/outbox/", "/bench/"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    return path.rsplit("/", 1)[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,14 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1_000, help="events per batch")
     parser.add_argument(
         "--profile",
-        choices=list(MODES),
-        help="instead of timing, profile this mode (cProfile, by cumulative time)",
+        action="store_true",
+        help="instead of timing, profile --batch-size transactions of each way that writes "
+        "events (cProfile; the functions with the most time of their own)",
     )
     parser.add_argument(
-        "--profile-batch",
-        action="store_true",
-        help="with --profile: profile the batch scenario instead of the single-event one",
+        "--profile-transactions", type=int, default=10, help="with --profile: how many"
     )
+    parser.add_argument("--profile-top", type=int, default=20, help="with --profile: functions")
     args = parser.parse_args(argv)
 
     scenarios = [
@@ -207,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             measure(makers, Scenario("warm-up", 50, 10))
             if args.profile:
-                print(profile(makers, scenarios[1 if args.profile_batch else 0], args.profile))
+                profiled = Scenario(
+                    f"{args.profile_transactions:,} x {args.batch_size:,} rows",
+                    args.profile_transactions,
+                    args.batch_size,
+                )
+                for mode in EVENT_MODES:
+                    print(profile(makers, profiled, mode, args.profile_top) + "\n")
                 return 0
             results = [(s, measure(makers, s)) for s in scenarios]
             with engine.connect() as conn:
@@ -227,13 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for scenario, timings in results:
         print("\n".join(report(scenario, timings)))
-    single = {mode: statistics.median(times) for mode, times in results[0][1].items()}
-    worst = max(single[mode] for mode in EVENT_MODES) / single[BASELINE] - 1
-    verdict = "met" if worst <= TARGET_OVERHEAD else "missed"
-    print(
-        f"\ntarget: an event adds at most {TARGET_OVERHEAD:.0%} to a one-row transaction: "
-        f"{verdict} (worst {worst:+.1%})"
-    )
+    print()
+    for (scenario, timings), target in zip(results, (TARGET_SINGLE, TARGET_BATCH), strict=True):
+        medians = {mode: statistics.median(times) for mode, times in timings.items()}
+        worst = max(medians[mode] for mode in EVENT_MODES) / medians[BASELINE] - 1
+        verdict = "met" if worst <= target else "missed"
+        print(
+            f"target: events add at most {target:.0%} to a transaction of "
+            f"{scenario.per_transaction:,} row(s), an event each: {verdict} (worst {worst:+.1%})"
+        )
     print("reproduce: " + shlex.join([sys.executable, *sys.argv]))
     return 0
 

@@ -44,6 +44,8 @@ MAX_DELAY = dt.timedelta(days=1000 * 365)
 # Conversions in a row for one value (json_default returning a dataclass is two): a
 # json_default that keeps returning values it must convert again is refused, not looped on.
 MAX_CONVERSIONS = 8
+# The exact types of the payload leaves that need no check (a str does, a float must be finite).
+_PLAIN_KINDS = frozenset((int, bool, type(None)))
 
 JsonDefault = Callable[[Any], Any]
 # id(value) -> (value, its JSON value): the conversions a payload's check made, which its
@@ -227,31 +229,26 @@ def _serialise_payload(payload: Any, topic: str) -> str:
     conversions: _Conversions = {}
     try:
         _check_json_value(payload, "payload", conversions)
-        _check_not_null(payload, topic, conversions)
-        text = _encoder_for(conversions).encode(payload)
+        text = _encode(payload, conversions)
     except PublishError:
         raise
     except RecursionError:
         raise PublishError(f"payload of {topic!r} is nested too deeply") from None
     except ValueError as error:  # for example an int with more digits than str() allows
         raise PublishError(f"payload of {topic!r} cannot be serialised: {error}") from error
+    # A JSON null payload (None, or what a conversion made None) would reach the NOT NULL
+    # column as SQL NULL, or be stored as a jsonb null, depending on the statement: refused.
+    if text == "null":
+        raise PublishError(
+            f"payload of {topic!r} is None: an event's payload is a JSON value other than "
+            "null; pass {} for an event that carries no data"
+        )
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > _settings.max_payload_bytes:
         raise PublishError(
             f"payload of {topic!r} is {size} bytes; the cap is {_settings.max_payload_bytes}"
         )
     return text
-
-
-def _check_not_null(payload: Any, topic: str, conversions: _Conversions) -> None:
-    # A JSON null payload would reach the NOT NULL column as SQL NULL, or be stored as a
-    # jsonb null, depending on the statement that writes it: refused here, either way.
-    converted = conversions.get(id(payload))
-    if payload is None or (converted is not None and converted[1] is None):
-        raise PublishError(
-            f"payload of {topic!r} is None: an event's payload is a JSON value other than "
-            "null; pass {} for an event that carries no data"
-        )
 
 
 def _mapping_as_dict(value: object) -> dict[str, Any]:
@@ -265,6 +262,20 @@ def _mapping_as_dict(value: object) -> dict[str, Any]:
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_mapping_as_dict
 )
+# The C encoder that _ENCODER.encode() builds anew on every call (about half its cost), built
+# once, with the same options. It skips the check for cycles: a payload reaches it only after
+# _check_json_value has bounded its depth. None where the json module has no C speedups.
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER = _make_c_encoder and _make_c_encoder(
+    None, _mapping_as_dict, json.encoder.encode_basestring, None, ":", ",", False, False, False
+)
+
+
+def _encode(payload: Any, conversions: _Conversions) -> str:
+    """``payload`` as compact JSON (checked first), with its converted values."""
+    if conversions or _C_ENCODER is None:
+        return _encoder_for(conversions).encode(payload)
+    return "".join(_C_ENCODER(payload, 0))
 
 
 def _encoder_for(conversions: _Conversions) -> json.JSONEncoder:
@@ -298,19 +309,29 @@ def _check_json_value(value: Any, path: str, conversions: _Conversions, depth: i
     """Refuse what JSON or jsonb cannot hold exactly, naming where it is; convert the values
     JSON does not know into ``conversions``. ``depth`` counts the arrays and objects around
     ``value``."""
-    if isinstance(value, Mapping | list | tuple):
+    kind = type(value)  # exact types first: isinstance() against Mapping costs more
+    if kind is dict or kind is list or kind is tuple or isinstance(value, Mapping | list | tuple):
         if depth >= MAX_PAYLOAD_DEPTH:
             raise PublishError(
                 f"{path} is nested too deeply: a payload nests arrays and objects at most "
                 f"{MAX_PAYLOAD_DEPTH} levels deep"
             )
-        if isinstance(value, Mapping):
-            _check_json_object(value, path, conversions, depth + 1)
-            return
-        for index, item in enumerate(value):
-            # Plain leaves are checked inline: building their path costs more than the check.
-            if not _is_plain_leaf(item):
-                _check_json_value(item, f"{path}[{index}]", conversions, depth + 1)
+        is_object = kind is dict or (kind is not list and isinstance(value, Mapping))
+        plain_keys = not is_object or _are_plain_keys(value)
+        for where, item in value.items() if is_object else enumerate(value):
+            if not plain_keys:
+                if not isinstance(where, str):
+                    raise PublishError(f"{path} has a key {where!r}; JSON object keys are str")
+                _check_text(where, f"{path} key")
+            # Plain leaves are checked inline (this runs for every value of every payload):
+            # a call, or building their path, costs more than the check.
+            item_kind = type(item)
+            if item_kind is str:
+                if item.isascii() and "\x00" not in item:
+                    continue
+            elif item_kind in _PLAIN_KINDS or (item_kind is float and math.isfinite(item)):
+                continue
+            _check_json_value(item, f"{path}[{where!r}]", conversions, depth + 1)
     elif isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, float):
@@ -322,34 +343,16 @@ def _check_json_value(value: Any, path: str, conversions: _Conversions, depth: i
         _check_json_value(converted, path, conversions, depth)
 
 
-def _check_json_object(
-    value: Mapping[Any, Any], path: str, conversions: _Conversions, depth: int
-) -> None:
-    for item_key, item in value.items():
-        if not isinstance(item_key, str):
-            raise PublishError(f"{path} has a key {item_key!r}; JSON object keys are str")
-        if not _is_plain_leaf(item_key):
-            _check_text(item_key, f"{path} key")
-        if not _is_plain_leaf(item):
-            _check_json_value(item, f"{path}[{item_key!r}]", conversions, depth)
-
-
-def _is_plain_leaf(value: Any) -> bool:
-    """True for the common values that need no further check: ASCII text without NUL,
-    None, bool, int and finite float (exact types only)."""
-    kind = type(value)
-    if kind is str:
-        return value.isascii() and "\x00" not in value
-    if kind is float:
-        return math.isfinite(value)
-    return value is None or kind is int or kind is bool
+def _are_plain_keys(value: Mapping[Any, Any]) -> bool:
+    """True if every key is ASCII text without NUL, found at once: join() takes only str."""
+    try:
+        keys = "".join(value)
+    except TypeError:
+        return False
+    return keys.isascii() and "\x00" not in keys
 
 
 # -- converting what JSON does not know --------------------------------------------------
-
-
-def _is_json_type(value: Any) -> bool:
-    return value is None or isinstance(value, Mapping | list | tuple | str | int | float)
 
 
 def _converted(value: Any, path: str) -> Any:
@@ -358,7 +361,7 @@ def _converted(value: Any, path: str) -> Any:
     current = value
     for _ in range(MAX_CONVERSIONS):
         current = _convert_once(current, path)
-        if _is_json_type(current):
+        if current is None or isinstance(current, Mapping | list | tuple | str | int | float):
             return current
     raise PublishError(
         f"{path}: json_default still returns a {type(current).__name__} after "

@@ -1,7 +1,8 @@
 """The event writer: one statement inserts a batch of events in the caller's transaction.
 
-Writing is one sequence, written once: insert the batch (``insert_events``, which also
-NOTIFYs the relays), then, if a dedup key was already taken, look up the existing events' ids
+Writing is one sequence, written once: insert the batch (``insert_events``, or
+``insert_undeduplicated_events`` when no event has a dedup key; both NOTIFY the relays), then,
+if a dedup key was already taken, look up the existing events' ids
 (``events_of_dedup_keys``). :func:`_writing` is that sequence as a generator that yields each
 statement with its parameters and is sent the rows it returned, as psycopg's generators do;
 each kind of connection is a thin adapter that executes what it yields.
@@ -44,6 +45,7 @@ class Statements:
     the fields are named like the statements of ``queries.sql``."""
 
     insert_events: str
+    insert_undeduplicated_events: str
     events_of_dedup_keys: str
     flush_insert_one_event: str
     flush_insert_one_event_with_headers: str
@@ -122,7 +124,13 @@ def _row_json(n: int, event: OutboxEvent) -> str:
 def _writing(events: Sequence[OutboxEvent]) -> Generator[_Step, _Rows, None]:
     """The statements that write ``events``; each is sent the rows it returned."""
     current = statements()
-    returned = yield current.insert_events, {"outbox_rows": rows_json(events)}
+    parameters = {"outbox_rows": rows_json(events)}
+    if any(event.dedup_key is not None for event in events):
+        returned = yield current.insert_events, parameters
+    else:
+        # The ids as one row of text: a row each cost the client more than the ids themselves.
+        joined = yield current.insert_undeduplicated_events, parameters
+        returned = [(int(n), None) for n in joined[0][0].split(",")] if joined[0][0] else []
     missing = _apply_ids(events, returned)
     if missing:
         existing = yield current.events_of_dedup_keys, {"keys": missing}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import operator
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -54,6 +55,7 @@ _record_order = itertools.count()
 
 # (record order, transaction or savepoint recorded in, event)
 _Staged = tuple[int, SessionTransaction | None, OutboxEvent]
+_RECORD_ORDER = operator.itemgetter(0)  # of a _Staged
 
 
 class EventSource:
@@ -149,7 +151,7 @@ def _take_staged(session: Session) -> list[OutboxEvent]:
             staged_here.extend(staged)
             staged.clear()
     session.info.pop(_SOURCES, None)
-    staged_here.sort(key=lambda item: item[0])
+    staged_here.sort(key=_RECORD_ORDER)
     return [item[2] for item in staged_here]
 
 
@@ -227,9 +229,11 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
 def _before_attach(session: Session, instance: object) -> None:
     # Events recorded before the entity joined a session belong to the session's current
     # transaction or savepoint from now on, so that its rollback discards them too.
-    if isinstance(instance, EventSource) and instance.__dict__.get("_outbox_staged"):
+    if not isinstance(instance, EventSource):
+        return
+    staged: list[_Staged] | None = instance.__dict__.get("_outbox_staged")
+    if staged:
         joined = _current_transaction(session)
-        staged = _staged_events(instance)
         staged[:] = [(order, joined, outbox_event) for order, _, outbox_event in staged]
         _register(session, instance)
 

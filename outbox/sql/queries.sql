@@ -889,6 +889,19 @@ ORDER BY r.n
 ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
 RETURNING id, dedup_key
 
+-- fragment: insert_undeduplicated_event_rows
+-- The same for events none of which has a dedup key: no ON CONFLICT, whose speculative
+-- insertion costs every row a check of outbox_events_dedup_key_idx and one more WAL record;
+-- returns their ids.
+INSERT INTO {table} (topic, key, payload, headers, process_at)
+SELECT r.topic, r.key, r.payload, COALESCE(r.headers, '{{}}'::jsonb),
+       COALESCE(r.process_at, now() + make_interval(secs => COALESCE(r.delay, 0)))
+FROM jsonb_to_recordset(CAST(%(outbox_rows)s AS jsonb)) AS r(
+    n int, topic text, key text, payload jsonb, headers jsonb,
+    process_at timestamptz, delay float8)
+ORDER BY r.n
+RETURNING id
+
 -- name: insert_events
 -- Inserts a batch of events (insert_event_rows) and, if it inserted any, NOTIFYs the relays:
 -- once per statement, and Postgres folds a transaction's identical notifications into one,
@@ -896,6 +909,14 @@ RETURNING id, dedup_key
 WITH written AS ({insert_event_rows}),
 notified AS (SELECT pg_notify({channel}, '') WHERE EXISTS (SELECT FROM written))
 SELECT id, dedup_key FROM written LEFT JOIN notified ON true ORDER BY id
+
+-- name: insert_undeduplicated_events
+-- The same for a batch without dedup keys (insert_undeduplicated_event_rows): the ids come
+-- back as one row, in insert order as text separated by commas (NULL if a trigger skipped
+-- every row), not as a row each. No index read.
+WITH written AS ({insert_undeduplicated_event_rows}),
+notified AS (SELECT pg_notify({channel}, '') WHERE EXISTS (SELECT FROM written))
+SELECT array_to_string(array_agg(id ORDER BY id), ',') FROM written LEFT JOIN notified ON true
 
 -- name: events_of_dedup_keys
 -- The ids of the events that already held the dedup keys a batch skipped
@@ -939,8 +960,9 @@ _outbox_notified AS (SELECT pg_notify({channel}, ''))
 
 -- name: flush_insert_events
 -- Goes in front of a flush's INSERT: inserts several events given as one JSON array
--- (insert_event_rows; none has a dedup key, so no index read) and readies the NOTIFY.
-WITH _outbox_written AS ({insert_event_rows}),
+-- (insert_undeduplicated_event_rows: none has a dedup key, so no index read) and readies the
+-- NOTIFY.
+WITH _outbox_written AS ({insert_undeduplicated_event_rows}),
 _outbox_notified AS (SELECT pg_notify({channel}, ''))
 
 -- name: flush_insert_event_id
