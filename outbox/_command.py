@@ -38,6 +38,7 @@ from outbox.settings import (
     line_of,
     load_settings,
 )
+from outbox.sinks import Sink
 from outbox.store import driver_errors
 
 _T = TypeVar("_T")
@@ -182,36 +183,68 @@ class ConfigReport:
     errors: list[str]
     warnings: list[str]
     settings: Settings | None
+    unreachable: bool = False
+    """The configuration is valid, but a sink could not connect (``--connect``)."""
 
 
-def check_config(config: Path | None) -> ConfigReport:
+def check_config(config: Path | None, *, connect: bool = False) -> ConfigReport:
     """Every problem of the configuration in one run: the settings' errors, each sink's
     options as its plugin validates them (even when other keys are wrong), a database URL
     that cannot work, no subscription (a relay would refuse to start), no file at all; and
-    a warning for each secret written in the file itself."""
+    a warning for each secret written in the file itself. With ``connect``, once all that
+    holds, each sink tries its connection (:meth:`~outbox.sinks.Sink.check`)."""
     check = check_configuration(config)
     errors = list(check.errors)
     if check.path is None:
         looked = Path.cwd() / DEFAULT_CONFIG_FILE
         errors.insert(0, ("no configuration file", f"looked for {looked}; pass --config FILE"))
     option_models: dict[str, type[BaseModel]] = {}
+    sinks: dict[str, Sink] = {}
     try:
         types = plugins.sink_types(plugins.make_plugin_manager())
         option_models = {
             n: types[s.type].Options for n, s in check.sinks.items() if s.type in types
         }
-        plugins.build_sinks(check.sinks, types)
+        sinks = plugins.build_sinks(check.sinks, types)
     except ConfigError as error:
         errors += error.errors
     except PluginError as error:
         errors.append(("plugins", str(error)))
     if check.settings is not None:
         errors += _usable(check.settings)
+    unreachable = []
+    if connect and not errors:
+        unreachable = asyncio.run(_connect(sinks))
+        errors += unreachable
     return ConfigReport(
         [f"{where}: {message}" for where, message in errors],
         _literal_secrets(check, option_models),
         check.settings if not errors else None,
+        unreachable=bool(unreachable),
     )
+
+
+CONNECT_TIMEOUT = 10.0
+
+
+async def _connect(sinks: dict[str, Sink]) -> list[tuple[str, str]]:
+    """Each sink's connection tried at once, each within :data:`CONNECT_TIMEOUT` seconds:
+    what failed, where."""
+
+    async def attempt(name: str, sink: Sink) -> tuple[str, str] | None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await sink.check()
+        except TimeoutError:
+            return f"sinks.{name}", f"no answer within {CONNECT_TIMEOUT:g}s"
+        except Exception as error:
+            return f"sinks.{name}", f"cannot connect: {error or type(error).__name__}"
+        finally:
+            await sink.aclose()
+        return None
+
+    found = await asyncio.gather(*(attempt(name, sink) for name, sink in sinks.items()))
+    return [problem for problem in found if problem is not None]
 
 
 def _usable(settings: Settings) -> list[tuple[str, str]]:

@@ -172,17 +172,23 @@ config_group.add_command(_config_show.config_show)
 
 @config_group.command("check")
 @config_option
-def config_check(config: Path | None) -> None:
+@click.option(
+    "--connect", is_flag=True, help="Also have each sink try its connection (exit 1 if one fails)."
+)
+def config_check(config: Path | None, connect: bool) -> None:
     """Validate everything, resolving each sink type through the plugins, and report every
     error in one run; exit 2 on errors, and without a configuration file or subscriptions
-    (a relay would refuse to start). Secrets written in the file are warned about."""
-    report = check_config(config)
+    (a relay would refuse to start). Secrets written in the file are warned about. With
+    --connect, each sink then tries its connection, login and destination."""
+    report = check_config(config, connect=connect)
     for warning in report.warnings:
         click.echo(warning, err=True)
     if report.settings is None:
-        raise Failure("\n".join([*report.errors, f"{len(report.errors)} error(s)"]), 2)
+        code = 1 if report.unreachable else 2
+        raise Failure("\n".join([*report.errors, f"{len(report.errors)} error(s)"]), code)
     sinks, subscriptions = len(report.settings.sinks), len(report.settings.subscriptions)
-    click.echo(f"ok: {sinks} sink(s), {subscriptions} subscription(s)")
+    connected = ", each connected" if connect else ""
+    click.echo(f"ok: {sinks} sink(s){connected}, {subscriptions} subscription(s)")
 
 
 @main.command("plugins")

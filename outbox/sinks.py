@@ -161,6 +161,11 @@ class Sink:
         when :attr:`transactional` is true). Raising rolls back this sink's writes alone."""
         raise NotImplementedError
 
+    async def check(self) -> None:
+        """Try what a delivery needs (the connection, the login, the destination) without
+        delivering anything; raise an exception whose message says what is wrong.
+        ``outbox config check --connect`` calls it once per sink. Checks nothing here."""
+
     async def aclose(self) -> None:
         """Release connections and other resources."""
 

@@ -248,7 +248,7 @@ class Store:
             with _DRIVER_ERRORS:
                 cursor = await conn.execute(self._settle_alike, params)
                 return {record[0] for record in await cursor.fetchall()}
-        params = {"rows": store_rows.settle_payload(settled)}
+        params = store_rows.rows_params(settled)
         keys = store_rows.keys_to_lock(settled)
         with _DRIVER_ERRORS:
             if not keys:
@@ -270,7 +270,7 @@ class Store:
             statement = self._settle_locked_alike
             params = store_rows.alike_params(settled, settled[0][1])
         else:
-            statement, params = self._settle_locked, {"rows": store_rows.settle_payload(settled)}
+            statement, params = self._settle_locked, store_rows.rows_params(settled)
         params["claim"] = claim
         keys = store_rows.keys_to_lock(settled)
         with _DRIVER_ERRORS:

@@ -84,9 +84,13 @@ def settle_row(row: ClaimedRow, settlement: Settlement) -> dict[str, Any]:
     }
 
 
-def settle_payload(settled: Sequence[tuple[ClaimedRow, Settlement]]) -> str:
-    """The settle statements' %(rows)s: one JSON document for the batch."""
-    return json.dumps([settle_row(row, outcome) for row, outcome in settled])
+def rows_params(settled: Sequence[tuple[ClaimedRow, Settlement]]) -> dict[str, Any]:
+    """The per-row settle statements' parameters: one JSON document for the batch, and
+    the ids (that lead the planner to the primary key)."""
+    return {
+        "rows": json.dumps([settle_row(row, outcome) for row, outcome in settled]),
+        "ids": [row.id for row, _ in settled],
+    }
 
 
 def keys_to_lock(settled: Sequence[tuple[ClaimedRow, Settlement]]) -> list[str]:

@@ -325,6 +325,13 @@ class WebhookSink(Sink):
                 )
         return sent
 
+    async def check(self) -> None:
+        """A HEAD request to the URL, through the same address checks as a delivery: any
+        answer at all means the receiver is reachable (many answer HEAD with 405)."""
+        request = httpx.Request("HEAD", self._url, headers=self._headers)
+        response = await self._transport.handle_async_request(request)
+        await response.aclose()
+
     async def aclose(self) -> None:
         await self._transport.aclose()
 

@@ -137,7 +137,9 @@ suspect AS (
 
 -- name: claim_leased
 -- Claim a batch with a lease (claim_mode "lease"): the due rows become `processing`, each
--- with its own lease token; the statement commits on its own. Primary key for the update.
+-- with its own lease token; the statement commits on its own. Primary key for the update:
+-- the ids as an array, since a join to `claimed` let the planner hash the whole table for a
+-- large batch (a sequential scan of every row, done ones included, per claim).
 WITH {due_rows}
 UPDATE {table} AS e
 SET status = 'processing',
@@ -145,8 +147,7 @@ SET status = 'processing',
     locked_by = %(relay)s,
     locked_until = now() + make_interval(secs => %(lease)s),
     lease_token = gen_random_uuid()
-FROM claimed
-WHERE e.id = claimed.id
+WHERE e.id = ANY(ARRAY(SELECT id FROM claimed))
 RETURNING e.id, e.topic, e.key, e.payload::text, NULLIF(e.headers, '{{}}'::jsonb), e.attempts,
           NULLIF(e.deliveries, '{{}}'::jsonb), NULLIF(e.errors, '[]'::jsonb),
           e.created_at, e.lease_token, now(), e.suspect, {blocked_sinks}
@@ -221,7 +222,8 @@ FROM (SELECT DISTINCT hashtext(key) AS hash FROM unnest(CAST(%(keys)s AS text[])
 -- Settle a batch in one statement. The compare-and-set on lease token means a relay whose
 -- lease expired (and whose rows another relay reclaimed) changes nothing. The claim counted
 -- an attempt: given back for a row no sink was called for (held, or behind an earlier event
--- of its key). Primary key.
+-- of its key). Primary key, through the ids array: joined to the rows document alone, the
+-- planner may scan every row in flight instead.
 WITH settled AS (
 UPDATE {table} AS e
 SET status = s.status,
@@ -240,6 +242,7 @@ FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     deliveries jsonb, errors jsonb, last_error text, attempted boolean,
     blocked text[], freed text[])
 WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
+  AND e.id = ANY(CAST(%(ids)b AS bigint[]))
 RETURNING e.id, e.key, s.freed
 ), {woken_behind}
 SELECT id FROM settled
@@ -248,7 +251,10 @@ SELECT id FROM settled
 -- The same, when every row of the batch settles alike and none reaches a sink it waited at
 -- or waits behind an earlier event (the common case: each sink delivered on the first try):
 -- the ids and lease tokens as two arrays and one set of values, no per-row document to build
--- and take apart, nothing to wake or look at again. Both arrays go in binary. Primary key.
+-- and take apart, nothing to wake or look at again. Both arrays go in binary. A row's token
+-- is compared with the batch's tokens as a set: each is a random UUID of its own claim, so a
+-- row reclaimed by another relay never carries one of them. Primary key (a join to the
+-- tokens let the planner scan every row in flight, of every relay, per settle).
 UPDATE {table} AS e
 SET status = %(status)s,
     attempts = e.attempts - (NOT %(attempted)s)::int,
@@ -261,8 +267,9 @@ SET status = %(status)s,
     locked_until = NULL,
     lease_token = NULL,
     suspect = false
-FROM unnest(CAST(%(ids)b AS bigint[]), CAST(%(tokens)b AS uuid[])) AS s(id, token)
-WHERE e.id = s.id AND e.lease_token = s.token AND e.status = 'processing'
+WHERE e.id = ANY(CAST(%(ids)b AS bigint[]))
+  AND e.lease_token = ANY(CAST(%(tokens)b AS uuid[]))
+  AND e.status = 'processing'
 RETURNING e.id
 
 -- name: settle_locked
@@ -270,7 +277,8 @@ RETURNING e.id
 -- guarantees ownership, so no lease token is compared; the attempt is counted here (if a
 -- sink was called for the row). The
 -- settle's own start time for done_at, not now(): the transaction began at the claim. The
--- batch's record in outbox_claims goes in the same commit (see open_claim). Primary keys.
+-- batch's record in outbox_claims goes in the same commit (see open_claim). Primary keys,
+-- through the ids array (else the planner may scan every pending row).
 WITH finished AS (DELETE FROM {claims} WHERE id = %(claim)s), settled AS (
 UPDATE {table} AS e
 SET status = s.status,
@@ -288,7 +296,7 @@ FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS s(
     id bigint, status text, process_at timestamptz,
     deliveries jsonb, errors jsonb, last_error text, attempted boolean,
     blocked text[], freed text[])
-WHERE e.id = s.id AND e.status = 'pending'
+WHERE e.id = s.id AND e.status = 'pending' AND e.id = ANY(CAST(%(ids)b AS bigint[]))
 RETURNING e.id, e.key, s.freed
 ), {woken_behind}
 SELECT id FROM settled

@@ -90,7 +90,7 @@ def test_a_pytest_session_on_the_embedded_server_leaves_no_process(
 ) -> None:
     session = tmp_path / "session"
     session.mkdir()
-    shutil.copy(ROOT / "tests" / "conftest.py", session / "conftest.py")
+    shutil.copy(ROOT / "conftest.py", session / "conftest.py")
     (session / "test_one.py").write_text(ONE_DATABASE_TEST, encoding="utf-8")
     # The child's temporary files, under a short path: a PostgreSQL socket's path is limited
     # to about 100 bytes, which pytest's own temporary directories can exceed.

