@@ -183,7 +183,7 @@ class Maintenance:
 
     async def _summarize(self, conn: Connection) -> None:
         # The lag the metrics just sampled, else one statement of its own.
-        lag = self._sampled_lag or await sink_status.lag(conn, self._store.schema)
+        lag = self._sampled_lag or await sink_status.relay_lag(conn, self._store.schema)
         self._sampled_lag = None
         self._summary.log(*lag)
 
@@ -253,14 +253,14 @@ class _Summary:
         seconds = max(now - self._since, 1e-3)
         logger.info(
             "relayed in the last %.1fs: %d events delivered (%.1f/s), %d to retry, "
-            "%d failed; lag %.1fs (%d due)",
+            "%d failed; lag %.1fs (%s due)",
             seconds,
             done,
             done / seconds,
             retried,
             failed,
             lag_seconds,
-            due,
+            f"{due}+" if due >= sink_status.LAG_COUNT_CAP else due,
             extra={"relay": self._relay},
         )
         self._since = now

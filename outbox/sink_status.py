@@ -153,6 +153,17 @@ async def lag(conn: Connection, schema: str) -> tuple[int, float]:
     return (int(found[0][0]), max(0.0, float(found[0][-1]))) if found else (0, 0.0)
 
 
+LAG_COUNT_CAP = 10_000
+"""How far a relay's lag line counts the due events (shown as ``10000+``)."""
+
+
+async def relay_lag(conn: Connection, schema: str) -> tuple[int, float]:
+    """:func:`lag` as a relay logs it every round: the due events counted up to
+    :data:`LAG_COUNT_CAP`, so that a large backlog is not counted again and again."""
+    found = await _fetch(conn, schema, "relay_lag", {"cap": LAG_COUNT_CAP})
+    return int(found[0][0]), max(0.0, float(found[0][1]))
+
+
 async def unrouted(conn: Connection, schema: str) -> Unrouted:
     """The events no sink counts: not routed yet, and settled with no subscribed sink."""
     found = await _fetch(conn, schema, "unrouted_events")

@@ -629,6 +629,21 @@ WHERE e.status = 'pending' AND e.process_at <= now()
 ORDER BY e.process_at, e.id
 LIMIT 1
 
+-- name: relay_lag
+-- The lag line a relay logs every maintenance round: how many events are due, counted up to
+-- %(cap)s, and how long the longest-waiting one has waited (0 when none is), as event_lag
+-- counts them. Every relay runs it every round: a count of the whole backlog, sorted, was
+-- most of a busy database's time with several relays (outbox_events_pending_idx, both).
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM {table} AS e
+            WHERE e.status = 'pending' AND e.process_at <= now() AND {deliverable}
+            LIMIT %(cap)s) AS due),
+       COALESCE((
+            SELECT EXTRACT(EPOCH FROM now() - e.process_at)::float8 FROM {table} AS e
+            WHERE e.status = 'pending' AND e.process_at <= now() AND {deliverable}
+            ORDER BY e.process_at, e.id
+            LIMIT 1), 0)
+
 -- name: parked_keys
 -- Parked keys: keys whose oldest unfinished event failed, with how many events wait behind it
 -- and how many keys are parked in all (outbox_events_key_idx).
