@@ -218,10 +218,15 @@ def record_event(event: Event) -> None:
 
 
 def relay_config(
-    path: Path, *, batch_size: int | None = None, claim_mode: str | None = None
+    path: Path,
+    *,
+    batch_size: int | None = None,
+    claim_mode: str | None = None,
+    target: str = "_common:record_event",
 ) -> Path:
-    """A configuration file as a user writes it: one callable sink subscribed to every topic,
-    every relay setting at its default but the batch size and the claim mode, if given."""
+    """A configuration file as a user writes it: one callable sink (``target``) subscribed to
+    every topic, every relay setting at its default but the batch size and the claim mode, if
+    given."""
     relay = "".join(
         f"{key} = {value!r}\n"
         for key, value in (("batch_size", batch_size), ("claim_mode", claim_mode))
@@ -229,7 +234,7 @@ def relay_config(
     )
     path.write_text(
         f"[relay]\n{relay}\n"
-        '[sinks.noop]\ntype = "callable"\ntarget = "_common:record_event"\n\n'
+        f'[sinks.noop]\ntype = "callable"\ntarget = "{target}"\n\n'
         '[[subscriptions]]\ntopics = ["#"]\nsinks = ["noop"]\n'
     )
     return path

@@ -149,29 +149,20 @@ def deliver(event):
         _started.write_text(repr(time.time()))
 """
 
-_CLI_CONFIG = """
-[relay]
-batch_size = {batch_size}
-claim_mode = "{claim_mode}"
-
-[sinks.noop]
-type = "callable"
-target = "benchsink:deliver"
-
-[[subscriptions]]
-topics = ["#"]
-sinks = ["noop"]
-"""
-
 
 def _cli_relay(url: str, batch_size: int, claim_mode: ClaimMode) -> float:
-    """Seconds for ``outbox relay --drain`` as a user runs it (default log level, the
-    configuration file above, a process of its own), from its first delivery to its exit."""
+    """Seconds for ``outbox relay --drain`` as a user runs it (default log level, a
+    configuration file as a user writes it, a process of its own), from its first delivery
+    to its exit."""
     with tempfile.TemporaryDirectory(prefix="outbox-bench-cli-") as tmp:
         folder = Path(tmp)
         (folder / "benchsink.py").write_text(_CLI_SINK)
-        config = folder / "outbox.toml"
-        config.write_text(_CLI_CONFIG.format(batch_size=batch_size, claim_mode=claim_mode))
+        config = _common.relay_config(
+            folder / "outbox.toml",
+            batch_size=batch_size,
+            claim_mode=claim_mode,
+            target="benchsink:deliver",
+        )
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, *sys.path])}
         command = [sys.executable, "-m", "outbox.cli", "relay", "--config", str(config)]
         command += ["--database-url", url, "--drain"]
