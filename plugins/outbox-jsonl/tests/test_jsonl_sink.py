@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from outbox_jsonl import JsonlOptions, JsonlSink
 
+from outbox.end_to_end import kill_repeatedly, planned_events, write_config
 from outbox.exceptions import RetryableError
 from outbox.sinks import Event, Sink
 from outbox.testing import Behaviour, SinkHarness, exercise_sink, make_event
@@ -69,3 +70,17 @@ async def test_a_batch_cut_off_by_its_deadline_finishes_before_the_next(
 def test_options_reject_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="colour"):
         JsonlOptions.model_validate({"path": str(tmp_path), "colour": "red"})
+
+
+@pytest.mark.acceptance
+def test_relays_killed_while_events_are_published_lose_none_and_write_each_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    config = write_config(tmp_path, "jsonl", {"path": str(path)})
+    ids = kill_repeatedly(config, database_url, planned_events(300, keys=5), kills=3)
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(record["id"] for record in written) == sorted(ids)
+    for key in {record["key"] for record in written}:  # each key in publish order
+        of_key = [record["id"] for record in written if record["key"] == key]
+        assert of_key == sorted(of_key)
