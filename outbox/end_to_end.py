@@ -133,10 +133,12 @@ def write_config(
     *,
     relay: Mapping[str, object] | None = None,
     topics: Sequence[str] = ("#",),
+    base: Mapping[str, object] = TEST_RELAY_SETTINGS,
 ) -> Path:
     """``outbox.toml`` in ``directory``: one sink ``out`` of ``sink_type`` with ``options``,
-    subscribed to ``topics``; relay settings :data:`TEST_RELAY_SETTINGS` updated by ``relay``."""
-    settings = {**TEST_RELAY_SETTINGS, **(relay or {})}
+    subscribed to ``topics``; relay settings ``base`` (:data:`TEST_RELAY_SETTINGS`; ``{}``:
+    every setting at its default) updated by ``relay``."""
+    settings = {**base, **(relay or {})}
     lines = ["[relay]", *(f"{key} = {_toml(value)}" for key, value in settings.items()), ""]
     lines += ["[sinks.out]", f"type = {_toml(sink_type)}"]
     lines += [f"{_toml_key(key)} = {_toml(value)}" for key, value in options.items()]
