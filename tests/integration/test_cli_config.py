@@ -163,7 +163,7 @@ def test_config_check_resolves_sink_types_through_the_plugins(
         target = "outbox_no_such_module:handle"
 
         [sinks.stream]
-        type = "kafka"
+        type = "carrier-pigeon"
         """,
     )
     result = invoke(tmp_path, monkeypatch, "config", "check", "--config", "outbox.toml")
@@ -173,7 +173,7 @@ def test_config_check_resolves_sink_types_through_the_plugins(
     assert "sinks.trail.colour: unknown key" in lines
     assert any(line.startswith("sinks.cache.target: cannot import module") for line in lines)
     assert any(
-        line.startswith("sinks.stream.type: unknown sink type 'kafka'") and "jsonl" in line
+        line.startswith("sinks.stream.type: unknown sink type 'carrier-pigeon'") and "jsonl" in line
         for line in lines
     )
 
