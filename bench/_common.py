@@ -222,16 +222,14 @@ def relay_config(
     *,
     batch_size: int | None = None,
     claim_mode: str | None = None,
+    concurrency: int | None = None,
     target: str = "_common:record_event",
 ) -> Path:
     """A configuration file as a user writes it: one callable sink (``target``) subscribed to
-    every topic, every relay setting at its default but the batch size and the claim mode, if
-    given."""
-    relay = "".join(
-        f"{key} = {value!r}\n"
-        for key, value in (("batch_size", batch_size), ("claim_mode", claim_mode))
-        if value is not None
-    )
+    every topic, every relay setting at its default but the batch size, the claim mode and
+    the concurrency, if given."""
+    chosen = (("batch_size", batch_size), ("claim_mode", claim_mode), ("concurrency", concurrency))
+    relay = "".join(f"{key} = {value!r}\n" for key, value in chosen if value is not None)
     path.write_text(
         f"[relay]\n{relay}\n"
         f'[sinks.noop]\ntype = "callable"\ntarget = "{target}"\n\n'

@@ -12,8 +12,12 @@ order reversed every other repetition; the table gives the median and the range.
 Target (issue 14, target 5): with 8 relays the throughput does not fall below that of 2
 relays (no contention collapse), on however few cores the machine has.
 
+``--concurrency 1,2`` and ``--batch-size N`` run each process count with each of those
+``[relay] concurrency`` values (and that batch size) instead of the defaults, interleaved
+the same way (decision 14 compares concurrency 1 and 2 so).
+
     .venv/bin/python bench/contention.py [--database-url URL] [--events 50000] [--repeat 3]
-        [--processes 1,2,4,8] [--synchronous-commit off|on]
+        [--processes 1,2,4,8] [--concurrency 1,2] [--batch-size N] [--synchronous-commit off|on]
 """
 
 from __future__ import annotations
@@ -49,13 +53,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--processes", type=lambda s: [int(p) for p in s.split(",")], default=[1, 2, 4, 8]
     )
+    parser.add_argument(
+        "--concurrency",
+        type=lambda s: [int(p) for p in s.split(",")],
+        default=[None],
+        help="[relay] concurrency values to compare (default: the default setting only)",
+    )
+    parser.add_argument("--batch-size", type=int, help="[relay] batch_size (default: default)")
     parser.add_argument("--synchronous-commit", choices=["on", "off"], default="off")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    rates: dict[int, list[float]] = {n: [] for n in args.processes}
+    runs = [(n, c) for n in args.processes for c in args.concurrency]
+    rates: dict[tuple[int, int | None], list[float]] = {run: [] for run in runs}
     with (
         _common.server(args.database_url) as server_url,
         _common.fresh_database(server_url, synchronous_commit=args.synchronous_commit) as url,
@@ -64,24 +76,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_common.machine(url), flush=True)
         sink = "callable (a plain def noting the id)"
         print(_common.conditions(url, log_level="info", sink=sink), flush=True)
-        # Every relay setting at its default: only the sink is the benchmark's.
-        config = _common.relay_config(Path(tmp) / "outbox.toml")
+        # Every relay setting at its default but those asked for: only the sink is ours.
+        configs = {
+            c: _common.relay_config(
+                Path(tmp) / f"outbox-{c}.toml", batch_size=args.batch_size, concurrency=c
+            )
+            for c in args.concurrency
+        }
         for rep in range(args.repeat):
-            order = args.processes if rep % 2 == 0 else args.processes[::-1]
-            for processes in order:
-                rate = measure(url, processes, args.events, config)
-                rates[processes].append(rate)
-                print(f"  repetition {rep + 1}: {processes} relays {rate:>9,.0f} events/s")
+            for processes, concurrency in runs if rep % 2 == 0 else runs[::-1]:
+                rate = measure(url, processes, args.events, configs[concurrency])
+                rates[processes, concurrency].append(rate)
+                print(
+                    f"  repetition {rep + 1}: {processes} relays, concurrency "
+                    f"{concurrency or 'default'}: {rate:>9,.0f} events/s"
+                )
     print(
-        f"\n{args.events:,} events drained by N `outbox relay --drain` processes (default "
-        f"settings: lease mode), {args.repeat} interleaved repetitions, every event handled "
-        "exactly once"
+        f"\n{args.events:,} events drained by N `outbox relay --drain` processes (lease mode, "
+        f"batch size {args.batch_size or 'default'}), {args.repeat} interleaved repetitions, "
+        "every event handled exactly once"
     )
-    print(f"{'relays':>6} {'median/s':>9} {'min-max':<19}")
-    for processes, values in rates.items():
-        print(f"{processes:>6} {_common.spread(values)}")
-    if 2 in rates and 8 in rates:
-        two, eight = statistics.median(rates[2]), statistics.median(rates[8])
+    print(f"{'relays':>6} {'concurrency':>11} {'median/s':>9} {'min-max':<19}")
+    for (processes, concurrency), values in rates.items():
+        print(f"{processes:>6} {concurrency or 'default':>11} {_common.spread(values)}")
+    if (2, None) in rates and (8, None) in rates:
+        two, eight = statistics.median(rates[2, None]), statistics.median(rates[8, None])
         verdict = "met" if eight >= two else "MISSED"
         print(
             f"target 8 relays >= 2 relays (no contention collapse): {verdict} "

@@ -51,7 +51,7 @@ class RelaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batch_size: int = Field(100, ge=1, le=10_000)
-    concurrency: int = Field(2, ge=1, le=64)
+    concurrency: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(10, ge=1, le=1000)
     lease_seconds: float = Field(180.0, ge=1, le=DAY)
     # Above a default webhook batch: ceil(batch_size / concurrency) rounds of its timeout,
