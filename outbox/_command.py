@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -214,7 +215,7 @@ def check_config(config: Path | None, *, connect: bool = False) -> ConfigReport:
         errors += _usable(check.settings)
     unreachable = []
     if connect and not errors:
-        unreachable = asyncio.run(_connect(sinks))
+        unreachable = _connect_quietly(sinks)
         errors += unreachable
     return ConfigReport(
         [f"{where}: {message}" for where, message in errors],
@@ -225,6 +226,16 @@ def check_config(config: Path | None, *, connect: bool = False) -> ConfigReport:
 
 
 CONNECT_TIMEOUT = 10.0
+
+
+def _connect_quietly(sinks: dict[str, Sink]) -> list[tuple[str, str]]:
+    """:func:`_connect` with logging off: the clients' own log lines (librdkafka's refused
+    connections, a transport error) would repeat, unformatted, what the report says once."""
+    logging.disable(logging.CRITICAL)
+    try:
+        return asyncio.run(_connect(sinks))
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 async def _connect(sinks: dict[str, Sink]) -> list[tuple[str, str]]:
