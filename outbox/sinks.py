@@ -60,7 +60,7 @@ class Sink:
     """Base class of every sink type.
 
     Subclasses implement :meth:`deliver`. Those that can deliver many events in one request
-    override :meth:`deliver_batch` too, with the same signature::
+    override :meth:`deliver_batch` instead (or too), with the same signature::
 
         async def deliver_batch(
             self, events: Sequence[Event], *, timeout: float | None = None
@@ -94,8 +94,13 @@ class Sink:
         return timeout if self.delivery_timeout is None else min(timeout, self.delivery_timeout)
 
     async def deliver(self, event: Event) -> None:
-        """Deliver one event; return normally only once the receiver has it."""
-        raise NotImplementedError
+        """Deliver one event; return normally only once the receiver has it. A sink that
+        overrides only :meth:`deliver_batch` gets this as a batch of one."""
+        if type(self).deliver_batch is Sink.deliver_batch:
+            raise NotImplementedError
+        [error] = await self.deliver_batch([event])
+        if error is not None:
+            raise error
 
     async def deliver_batch(
         self,

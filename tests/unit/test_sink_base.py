@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+
+import pytest
 
 import outbox
+from outbox.exceptions import PermanentError
 from outbox.sinks import Event, Sink
 from outbox.testing import make_event
 
@@ -113,3 +117,28 @@ async def test_the_shorter_of_the_two_deadlines_wins() -> None:
     callers_shorter.delivery_timeout = 30
     [late, _] = await callers_shorter.deliver_batch(events, timeout=0.2)
     assert "timed out after 0.2s" in str(late)
+
+
+async def test_a_sink_with_only_deliver_batch_delivers_one_event_as_a_batch_of_one() -> None:
+    class BatchOnly(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[list[int]] = []
+
+        async def deliver_batch(
+            self,
+            events: Sequence[Event],
+            *,
+            timeout: float | None = None,  # noqa: ASYNC109 (the base class's signature)
+        ) -> list[BaseException | None]:
+            self.batches.append([event.id for event in events])
+            return [PermanentError("refused") if event.key == "bad" else None for event in events]
+
+    sink = BatchOnly()
+    good, bad = make_event(), make_event(key="bad")
+    await sink.deliver(good)
+    with pytest.raises(PermanentError, match="refused"):
+        await sink.deliver(bad)
+    assert sink.batches == [[good.id], [bad.id]]
+    with pytest.raises(NotImplementedError):
+        await Sink().deliver(good)  # neither overridden

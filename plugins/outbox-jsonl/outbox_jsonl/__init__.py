@@ -40,11 +40,6 @@ class JsonlSink(Sink):
         self._written: set[int] | None = None
         self._lock = threading.Lock()
 
-    async def deliver(self, event: Event) -> None:
-        errors = await self.deliver_batch([event])
-        if errors[0] is not None:
-            raise errors[0]
-
     async def deliver_batch(
         self,
         events: Sequence[Event],

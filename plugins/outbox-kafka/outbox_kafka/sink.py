@@ -56,11 +56,6 @@ class KafkaSink(Sink):
         self._servers = options.bootstrap_servers
         self._producer: PolledProducer | None = None
 
-    async def deliver(self, event: Event) -> None:
-        [error] = await self.deliver_batch([event])
-        if error is not None:
-            raise error
-
     async def deliver_batch(
         self,
         events: Sequence[Event],

@@ -129,11 +129,6 @@ class NatsSink(Sink):
         self._options = options
         self._connection = Connection(options.server_list(), options.credentials())
 
-    async def deliver(self, event: Event) -> None:
-        [error] = await self.deliver_batch([event])
-        if error is not None:
-            raise error
-
     async def deliver_batch(
         self,
         events: Sequence[Event],

@@ -103,11 +103,6 @@ class RabbitmqSink(Sink):
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
-    async def deliver(self, event: Event) -> None:
-        [error] = await self.deliver_batch([event])
-        if error is not None:
-            raise error
-
     async def deliver_batch(
         self,
         events: Sequence[Event],

@@ -131,11 +131,6 @@ class RedisSink(Sink):
             self._client = make_client(self._options)
         return self._client
 
-    async def deliver(self, event: Event) -> None:
-        [error] = await self.deliver_batch([event])
-        if error is not None:
-            raise error
-
     async def deliver_batch(
         self,
         events: Sequence[Event],
