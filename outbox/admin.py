@@ -241,7 +241,7 @@ async def status(
     sink (those ``configured``, name to type, and any other the table names)."""
     now = await database_now(conn)
     topics, totals = await _counts(conn, schema)
-    parked_total, parked = await _parked(conn, schema)
+    parked_total, parked = await parked_keys(conn, schema)
     return Status(
         now=now,
         topics=topics,
@@ -251,8 +251,8 @@ async def status(
         parked=parked,
         failing_sinks=[FailingSink(*r) for r in await _fetch(conn, schema, "failing_sinks")],
         disabled_sinks=await disabled_sinks(conn, schema),
-        relays=[RelayLeases(*r) for r in await _fetch(conn, schema, "relay_leases")],
-        connected=await _connected(conn, schema),
+        relays=await relay_leases(conn, schema),
+        connected=await connected_relays(conn, schema),
         fence_holder=await fence_holder(conn, schema),
         sinks=await statuses(conn, schema, configured),
         unrouted=await unrouted(conn, schema),
@@ -265,7 +265,8 @@ async def fence_holder(conn: Connection, schema: str) -> FenceHolder | None:
     return FenceHolder(*found[0]) if found else None
 
 
-async def _connected(conn: Connection, schema: str) -> list[ConnectedRelay]:
+async def connected_relays(conn: Connection, schema: str) -> list[ConnectedRelay]:
+    """Relays connected to this database now, by name."""
     prefix = RELAY_APPLICATION_PREFIX
     found = await _fetch(
         conn, schema, "connected_relays", {"prefix": prefix, "prefix_length": len(prefix)}
@@ -299,36 +300,41 @@ async def _lag(conn: Connection, schema: str) -> Lag | None:
     return Lag(due, max(0.0, seconds), event_id, topic, created_at)
 
 
-async def _parked(conn: Connection, schema: str) -> tuple[int, list[ParkedKey]]:
-    found = await _fetch(conn, schema, "parked_keys", {"limit": PARKED_SHOWN})
+async def relay_leases(conn: Connection, schema: str) -> list[RelayLeases]:
+    """Relays holding leases now, with when their leases end."""
+    return [RelayLeases(*record) for record in await _fetch(conn, schema, "relay_leases")]
+
+
+async def parked_keys(
+    conn: Connection, schema: str, limit: int = PARKED_SHOWN
+) -> tuple[int, list[ParkedKey]]:
+    """How many keys are parked, and the first ``limit`` of them, oldest failure first."""
+    found = await _fetch(conn, schema, "parked_keys", {"limit": limit})
     total = found[0][-1] if found else 0
     return total, [ParkedKey(key, i, t, e, at, w) for key, i, t, e, at, w, _ in found]
 
 
 async def list_events(
-    conn: Connection, schema: str, selection: EventFilter, *, limit: int = LIST_LIMIT
+    conn: Connection,
+    schema: str,
+    selection: EventFilter,
+    *,
+    limit: int = LIST_LIMIT,
+    before: int | None = None,
 ) -> list[EventSummary]:
-    """Events matching ``selection``, newest first, at most ``limit``."""
+    """Events matching ``selection``, newest first, at most ``limit``; with ``before``, only
+    those with a lower id (the next page of a keyset pagination)."""
     resolved = selection.resolved(await database_now(conn))
-    found = await _fetch(conn, schema, "list_events", {**resolved.params(), "limit": limit})
+    params = {**resolved.params(), "limit": limit, "before": before}
+    found = await _fetch(conn, schema, "list_events", params)
     return [_summary(record) for record in found]
 
 
 def _summary(record: tuple[Any, ...]) -> EventSummary:
-    event_id, topic, key, event_status, attempts, created, process_at, done_at, error, sinks = (
-        record
-    )
+    event_id, topic, key, state, attempts, created, process_at, done_at, error, sinks = record
+    sink_states = {name: str(entry.get("status", "?")) for name, entry in sinks.items()}
     return EventSummary(
-        event_id,
-        topic,
-        key,
-        event_status,
-        attempts,
-        created,
-        process_at,
-        done_at,
-        error,
-        {name: str(state.get("status", "?")) for name, state in sinks.items()},
+        event_id, topic, key, state, attempts, created, process_at, done_at, error, sink_states
     )
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import click
 
-from outbox import _admin_cli, _config_show, _output, _publish_cli, runtime, sink_status
+from outbox import (
+    _admin_cli,
+    _config_show,
+    _dashboard_cli,
+    _output,
+    _publish_cli,
+    runtime,
+    sink_status,
+)
 from outbox._command import (
     Connection,
     Failure,
@@ -48,6 +56,7 @@ def main() -> None:
 for command in _admin_cli.COMMANDS:
     main.add_command(command)
 main.add_command(_publish_cli.publish_command)
+main.add_command(_dashboard_cli.dashboard_command)
 _admin_cli.events_group.add_command(_publish_cli.cancel_command)
 
 

@@ -135,6 +135,17 @@ class SinkSettings(BaseModel):
         return None if self.rate_limit is None else parse_rate(self.rate_limit)
 
 
+class DashboardSettings(BaseModel):
+    """``[dashboard]``: the HTTP basic auth of ``outbox dashboard`` (both or neither), needed
+    to listen on any address but loopback. ``OUTBOX_DASHBOARD_USER`` and
+    ``OUTBOX_DASHBOARD_PASSWORD`` override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(None, min_length=1)
+    password: Secret | None = None
+
+
 class SubscriptionSettings(BaseModel):
     """``[[subscriptions]]``: topic patterns and the sinks that receive them."""
 
@@ -172,6 +183,7 @@ class Settings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
     subscriptions: list[SubscriptionSettings] = Field(default_factory=list)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @field_validator("db_schema")
     @classmethod

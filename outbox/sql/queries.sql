@@ -770,11 +770,13 @@ ORDER BY age(h.xid) DESC
 LIMIT 1
 
 -- name: list_events
--- Events matching the filters, newest first (primary key, scanned backwards).
+-- Events matching the filters, newest first, below the keyset cursor %(before)s when given
+-- (primary key, scanned backwards).
 SELECT e.id, e.topic, e.key, e.status, e.attempts, e.created_at, e.process_at, e.done_at,
        e.last_error, e.deliveries
 FROM {table} AS e
 WHERE {event_filters}
+  AND (%(before)s::bigint IS NULL OR e.id < %(before)s::bigint)
 ORDER BY e.id DESC
 LIMIT %(limit)s
 
@@ -891,6 +893,66 @@ SELECT e.id, e.status, e.locked_by, e.locked_until,
 FROM {table} AS e
 WHERE e.id = ANY(CAST(%(ids)s AS bigint[]))
 ORDER BY e.id
+
+-- ===========================================================================================
+-- dashboard (outbox/dashboard/overview.py): the overview's figures beyond outbox status's
+-- ===========================================================================================
+
+-- name: dashboard_session
+-- Every dashboard connection, once: read-only when actions are off (%(read_only)s 'on'), so
+-- nothing it runs can write; and no JIT, since sink_figures' estimate of jsonb_each's rows
+-- (100 per event) puts a large backlog over the JIT thresholds, where compiling cost ~500 ms
+-- against ~20 ms of work (bench/dashboard.py, a million rows; no table).
+SELECT set_config('jit', 'off', false),
+       set_config('default_transaction_read_only', %(read_only)s, false)
+
+-- name: dashboard_topics
+-- Per topic: the unfinished events by status, the age of the oldest pending or processing
+-- one, and the events settled in the last hour. Each status is read by its own partial index
+-- (pending, processing, failed; done by outbox_events_done_idx over the last hour only), so
+-- the cost follows the backlog, never the done rows retention keeps.
+WITH rows AS (
+    SELECT e.topic, e.status, e.created_at FROM {table} AS e WHERE e.status = 'pending'
+    UNION ALL
+    SELECT e.topic, e.status, e.created_at FROM {table} AS e WHERE e.status = 'processing'
+    UNION ALL
+    SELECT e.topic, e.status, e.created_at FROM {table} AS e WHERE e.status = 'failed'
+    UNION ALL
+    SELECT e.topic, e.status, e.created_at FROM {table} AS e
+    WHERE e.status = 'done' AND e.done_at >= now() - interval '1 hour'
+)
+SELECT topic,
+       count(*) FILTER (WHERE status = 'pending'),
+       count(*) FILTER (WHERE status = 'processing'),
+       count(*) FILTER (WHERE status = 'failed'),
+       EXTRACT(EPOCH FROM now() - min(created_at)
+           FILTER (WHERE status IN ('pending', 'processing')))::float8,
+       count(*) FILTER (WHERE status = 'done')
+FROM rows
+GROUP BY topic
+ORDER BY topic
+
+-- name: dashboard_minutes
+-- The last %(minutes)s minutes, minute by minute (the current one last): events settled, and
+-- the mean and the longest time from publish to settled among them; cancelled events left
+-- out. Then the database clock's current minute (outbox_events_done_idx, its range).
+SELECT date_trunc('minute', e.done_at), count(*),
+       avg(EXTRACT(EPOCH FROM e.done_at - e.created_at))::float8,
+       max(EXTRACT(EPOCH FROM e.done_at - e.created_at))::float8
+FROM {table} AS e
+WHERE e.status = 'done'
+  AND e.done_at >= date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1)
+  AND NOT e.deliveries ? '*cancelled'
+GROUP BY 1
+ORDER BY 1
+
+-- name: dashboard_table_health
+-- The outbox table as the server's statistics see it: live and dead rows, the last vacuum
+-- and autovacuum, and its size with indexes (pg_stat_user_tables, one row).
+SELECT s.n_live_tup, s.n_dead_tup, s.last_autovacuum, s.last_vacuum, s.last_autoanalyze,
+       pg_total_relation_size(s.relid)
+FROM pg_stat_user_tables AS s
+WHERE s.schemaname = %(schema)s AND s.relname = 'outbox_events'
 
 -- ===========================================================================================
 -- publish (the event writer)

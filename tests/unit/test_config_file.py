@@ -94,10 +94,11 @@ def test_every_table_of_settings_is_documented() -> None:
         for name, field in Settings.model_fields.items()
         if key_of(name, field) not in scalar_fields(Settings)
     }
-    assert tables_in_model == {"relay", "sinks", "subscriptions"}
+    assert tables_in_model == {"relay", "sinks", "subscriptions", "dashboard"}
     assert "relay" in tables
     assert any(table.startswith("sinks.") for table in tables)
     assert "subscriptions" in tables
+    assert "dashboard" in tables
 
 
 def test_nothing_documented_at_the_top_level_that_does_not_exist() -> None:
@@ -132,6 +133,7 @@ def test_the_file_uncommented_loads_with_the_same_defaults(
     model's."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/app")
+    monkeypatch.setenv("OUTBOX_DASHBOARD_SECRET", "s3cret")
     lines = CONFIG_FILE.read_text(encoding="utf-8").splitlines()
     code = [
         line.removeprefix("# ")
@@ -146,3 +148,6 @@ def test_the_file_uncommented_loads_with_the_same_defaults(
     assert settings.url() == "postgresql://localhost/app"
     assert set(settings.sinks) == {"cache", "audit", "billing"}
     assert [s.sinks for s in settings.subscriptions] == [["billing", "audit"]]
+    assert settings.dashboard.user == "ops"
+    assert settings.dashboard.password is not None
+    assert settings.dashboard.password.get_secret_value() == "s3cret"
