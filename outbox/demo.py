@@ -291,6 +291,8 @@ def look_around_lines(url: str, outbox_command: str) -> list[str]:
         "  Look at the table yourself:",
         f"    {outbox_command} events list --database-url '{url}' --limit 5",
         f"    {outbox_command} status --database-url '{url}'",
+        "  or in a browser: run this, then open http://127.0.0.1:8050/",
+        f"    {outbox_command} dashboard --database-url '{url}'",
         "  or, if you have psql (psql is not required: the commands above need nothing else):",
         *(f"    psql '{url}' -c '{peek.decode()}'" for peek in peeks),
     ]

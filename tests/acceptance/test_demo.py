@@ -7,10 +7,14 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+
+from outbox.server_control import free_port
 
 TIMEOUT = 180
 
@@ -65,6 +69,7 @@ def test_demo_on_a_fresh_embedded_server_delivers_everything(
     # The server stays up so that the printed commands work, until --stop.
     assert f"stop it with: outbox demo --stop --data-dir '{data_dir}'" in first.stdout
     assert _status(tmp_path, first.stdout).returncode == 0
+    assert "delivered" in _dashboard_events_page(tmp_path, first.stdout)
     try:
         again = _demo(tmp_path, "--data-dir", str(data_dir))
         assert again.returncode == 0, again.stdout + again.stderr
@@ -88,6 +93,30 @@ def _status(tmp_path: Path, demo_output: str) -> subprocess.CompletedProcess[str
         timeout=TIMEOUT,
         check=False,
     )
+
+
+def _dashboard_events_page(tmp_path: Path, demo_output: str) -> str:
+    """The events page of ``outbox dashboard`` as the demo told the reader to start it (on a
+    free port: 8050 may be taken on this machine)."""
+    [line] = [line for line in demo_output.splitlines() if "dashboard --database-url" in line]
+    url = line.split("'")[1]
+    port = free_port()
+    command = [sys.executable, "-m", "outbox.cli", "dashboard", "--database-url", url]
+    with subprocess.Popen(
+        [*command, "--port", str(port)], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    ) as server:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/events", timeout=5).text
+                except httpx.TransportError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
 
 
 def test_demo_on_a_given_database(tmp_path: Path, database_url: str) -> None:

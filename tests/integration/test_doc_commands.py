@@ -43,6 +43,8 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NOT_RUN = {
     ("demo",): "starts its own embedded server and runs for a minute: CI runs it as the README "
     "writes it, and tests/acceptance/test_demo.py checks it",
+    ("dashboard",): "serves until stopped: tests/acceptance/test_demo.py starts it as the demo "
+    "prints it, and tests/browser drive it in Chromium",
 }
 """Commands (by their leading words after ``outbox``) that are not run, and why."""
 
