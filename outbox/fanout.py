@@ -122,6 +122,7 @@ class FanOut:
         self._stats = stats
         self.held: set[str] = set()
         """Sinks paused or disabled: their events wait for them, with no call."""
+        self._held_read = False
         self._released: set[str] = set()
         """Sinks held earlier in this relay's life and not now: a batch routed while one was
         held and settled after must not leave its events waiting for a switch already made."""
@@ -132,9 +133,16 @@ class FanOut:
         deliveries this relay may have held again since they were switched back on."""
         released = self.held - names
         self.held = names
+        self._held_read = True
         self._released |= released
         self._released -= names
         return released
+
+    async def read_held(self, conn: Connection) -> None:
+        """Read which sinks are held, unless already read: a relay that the database refused
+        at its start reads them on a worker's first connection, before its first claim."""
+        if not self._held_read:
+            self.set_held(await self._store.held_sinks(conn))
 
     def route(self, claim: Claim) -> Batch:
         """Group the batch by sink: sinks delivered directly, sinks writing in the settle

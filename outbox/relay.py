@@ -223,9 +223,8 @@ class Relay:
         return self.stats
 
     async def _load_held_sinks(self) -> None:
-        # Before the first claim, so that not even one batch goes to a held sink; if the
-        # database is down or failing now, the maintenance round loads them once it is back. Missing
-        # tables or migrations raise MigrationError from here.
+        # Before the first claim: not one batch goes to a held sink (if the database fails
+        # now, a worker reads them on connecting). Missing tables raise MigrationError here.
         try:
             async with self._connector.connection() as conn:
                 await check_migrated(conn, self.options.schema)
@@ -246,6 +245,7 @@ class Relay:
                         step = "connect"
                         conn = await self._connector.connect()
                         await self._strategy.prepare(self._claims, conn)
+                        await self._fanout.read_held(conn)
                     # Cleared before the claim, not before the wait: a NOTIFY that lands
                     # after this claim's snapshot must still cut the next wait short.
                     self._wake.clear()

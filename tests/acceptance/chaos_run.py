@@ -130,8 +130,10 @@ class Plan:
 
 @dataclasses.dataclass
 class Pause:
-    """A sink paused and resumed during the run (database clock, read after each switch
-    committed), and how many of its deliveries waited for it when it was resumed."""
+    """A sink paused and resumed during the run, and how many of its deliveries waited for it
+    when it was resumed. Both times are on the database clock and lie inside the pause: read
+    after the pause committed and before the resume began (a relay told of the resume may call
+    the sink before the test's next statement)."""
 
     sink: str
     paused_at: dt.datetime
@@ -552,8 +554,8 @@ def _resume(url: str, conn: psycopg.Connection[Any], sink: str, chaos: Chaos) ->
     ).fetchone()
     assert row is not None
     chaos.pause.waiting_at_resume = int(row[0])
-    _switch(url, sink, on=True)
     chaos.pause.resumed_at = scalar(conn, "SELECT clock_timestamp()")
+    _switch(url, sink, on=True)
 
 
 def _schedule(plan: Plan, rng: random.Random) -> list[tuple[float, str]]:

@@ -256,6 +256,35 @@ async def test_a_failing_a_paused_and_a_gone_sink_hold_back_only_themselves(
     assert len(fleet.healthy.accepted) == EVENTS, "the healthy sink got an event twice"
 
 
+@pytest.mark.timeout(60)
+async def test_a_relay_started_while_its_database_refused_connections_holds_a_paused_sink(
+    server_url: str, database_url: str
+) -> None:
+    """The relay reads the switches before its first claim; when the database refuses it at
+    the start, it reads them once it is let in, before claiming: not one call to the paused
+    sink, though the maintenance round that would also read them is a minute away."""
+    active, paused = Recording(), Recording()
+    sinks: dict[str, Sink] = {"active": active, "paused": paused}
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        assert await Switches().pause(conn, "paused", "testing")
+    with psycopg.connect(database_url) as conn:
+        ids = [outbox.publish(conn, "order.placed", {"n": n}, key=f"k{n}").id for n in range(5)]
+    name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    options = relay_options(poll_interval=0.05, maintenance_interval=60)
+    relay = Relay(database_url, sinks, [Subscription(("order.#",), tuple(sinks))], options)
+    with psycopg.connect(server_url, autocommit=True) as admin_conn:
+        admin_conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            async with _running(relay) as task:
+                await asyncio.sleep(0.5)  # the relay starts, and is refused
+                assert not task.done()
+                admin_conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                await _until(task, lambda: sorted(active.accepted) == ids, "the active sink")
+        finally:
+            admin_conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    assert paused.calls == 0, "the paused sink was called"
+
+
 class Refusing(Recording):
     """Refuses (permanently) every event whose payload says so, while ``refusing``."""
 
