@@ -22,7 +22,7 @@ from outbox.dashboard import create_app
 from outbox.settings import Settings
 
 FAILED = {"status": "failed", "attempts": 5, "last_error": "HTTP 500 from billing"}
-DELIVERED = {"status": "delivered", "attempts": 1}
+DELIVERED = {"status": "delivered", "attempts": 1, "last_error": None}
 
 
 def settings_for(url: str) -> Settings:
@@ -224,6 +224,8 @@ def test_event_page_shows_payload_headers_deliveries_and_errors(
     deliveries = page[page.index('id="deliveries"') :]
     assert re.search(r'data-sink="billing">.*?delivery failed', deliveries, re.S)
     assert re.search(r'data-sink="audit">.*?delivery delivered', deliveries, re.S)
+    assert "last error: HTTP 500 from billing" in deliveries
+    assert "None" not in deliveries[: deliveries.index("</table>")]
     assert "HTTP 500 from billing" in page[page.index('id="errors"') :]
     assert client.get("/events/999999").status_code == 404
     assert client.get(f"/events/{2**63}").status_code == 404
