@@ -158,14 +158,18 @@ class Dashboard:
         return self.log.read_text(encoding="utf-8", errors="replace")[-4000:]
 
     def stop(self) -> None:
-        """SIGTERM, and SIGKILL if it still runs 10 seconds later."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it still runs 10 seconds later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
@@ -215,12 +219,7 @@ def start_relay(
         yield start
     finally:
         for relay in started:
-            if relay.process.poll() is None:
-                relay.process.terminate()
-                try:
-                    relay.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    relay.kill()
+            _stop(relay.process)
 
 
 # -- the browser -------------------------------------------------------------------------
