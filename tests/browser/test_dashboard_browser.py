@@ -225,8 +225,10 @@ def start_relay(
 # -- the browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
+    """Playwright's sync API runs an event loop in this thread while it is started: stopped
+    with this module, before the suite's asyncio tests need the thread again."""
     driver = sync_playwright().start()
     try:
         yield driver
