@@ -85,6 +85,8 @@ class Batch:
     """Sinks called directly."""
     in_transaction: Deliveries
     """Transactional sinks: they write in the settle's transaction."""
+    held: set[str] = dataclasses.field(default_factory=set)
+    """Sinks held when the batch was routed: their deliveries wait with no call."""
 
 
 class FanOut:
@@ -144,6 +146,18 @@ class FanOut:
         if not self._held_read:
             self.set_held(await self._store.held_sinks(conn))
 
+    async def wake_if_switched_on(self, conn: Connection, batch: Batch) -> None:
+        """Once ``batch`` is settled with deliveries waiting for held sinks, read which sinks
+        are held and make those deliveries due if their sink was switched back on meanwhile:
+        the switch's own wake may have run before this settle committed, and this relay may
+        end before a maintenance round tells it of the switch (decision 11). The read waits
+        for a switch being committed."""
+        if batch.held:
+            held = await self._store.held_sinks(conn, settled=True)
+            self.set_held(held)
+            for name in sorted(batch.held - held):
+                await self._store.wake_sink(conn, name)
+
     def route(self, claim: Claim) -> Batch:
         """Group the batch by sink: sinks delivered directly, sinks writing in the settle
         transaction. Held sinks, and sinks an earlier event of the key has not reached, wait
@@ -159,6 +173,7 @@ class FanOut:
             for sink_name in sinks_due(subscribed, row.deliveries, claim.now):
                 if sink_name in self.held:
                     batch.waits.setdefault(row.id, {})[sink_name] = HELD_UNTIL
+                    batch.held.add(sink_name)
                     continue
                 if sink_name in row.blocked:
                     batch.waits.setdefault(row.id, {})[sink_name] = row.blocked[sink_name]

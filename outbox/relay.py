@@ -225,12 +225,10 @@ class Relay:
     async def _load_held_sinks(self) -> None:
         # Before the first claim: not one batch goes to a held sink (if the database fails
         # now, a worker reads them on connecting). Missing tables raise MigrationError here.
-        try:
+        with contextlib.suppress(DatabaseError):
             async with self._connector.connection() as conn:
                 await check_migrated(conn, self.options.schema)
-                self._fanout.set_held(await self._store.held_sinks(conn))
-        except DatabaseError:
-            pass
+                await self._fanout.read_held(conn)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -285,6 +283,7 @@ class Relay:
             batch = self._fanout.route(claim)
             await strategy.deliver(batch)
             settled = await strategy.settle(batch)
+        await self._fanout.wake_if_switched_on(conn, batch)
         self._report(settled, batch.outcomes)
         self._wake.set()  # a settled keyed event may unblock the next one of its key
         return len(claim.rows)

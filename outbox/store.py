@@ -185,6 +185,7 @@ class Store:
         self._fence_holder = statements["fence_holder"]
         self._outstanding = statements["work_outstanding"]
         self._held_sinks = statements["held_sinks"]
+        self._held_sinks_settled = statements["held_sinks_after_settle"]
         self._wake_sink = statements["wake_sink_deliveries"]
         self._disable_sink = statements["disable_sink"]
         self._ping = statements["listener_ping"]
@@ -349,11 +350,12 @@ class Store:
             record = await cursor.fetchone()
         return bool(record and record[0])
 
-    async def held_sinks(self, conn: Connection) -> set[str]:
+    async def held_sinks(self, conn: Connection, *, settled: bool = False) -> set[str]:
         """The names of the sinks whose deliveries wait (paused or disabled); a
-        MigrationError if the outbox tables are missing."""
+        MigrationError if the outbox tables are missing. ``settled``: read after a settle,
+        waiting for a switch being committed."""
         with self._missing_tables:
-            cursor = await conn.execute(self._held_sinks)
+            cursor = await conn.execute(self._held_sinks_settled if settled else self._held_sinks)
             return {str(record[0]) for record in await cursor.fetchall()}
 
     async def wake_sink(self, conn: Connection, name: str) -> None:

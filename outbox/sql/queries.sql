@@ -464,6 +464,12 @@ SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'processing')
 -- outbox_sinks, a handful of rows).
 SELECT name FROM {sinks} WHERE disabled_at IS NOT NULL OR paused_at IS NOT NULL
 
+-- name: held_sinks_after_settle
+-- As held_sinks, read by a relay that has just settled deliveries waiting for a held sink:
+-- FOR SHARE waits for a switch being committed and reads the row as it leaves, so that a
+-- resume that did not see the settle is seen here (a handful of rows).
+SELECT name FROM {sinks} WHERE disabled_at IS NOT NULL OR paused_at IS NOT NULL FOR SHARE
+
 -- name: disable_sink
 -- Switch a sink off, keeping the first reason if it already is (primary key of outbox_sinks).
 INSERT INTO {sinks} (name, disabled_at, disabled_reason) VALUES (%(name)s, now(), %(reason)s)

@@ -635,7 +635,9 @@ def drive(
                 raise AssertionError(
                     f"not settled after {elapsed:.0f}s: {done}/{total} done, {failed} failed, "
                     f"of {plan.events}; publisher alive: {publisher.is_alive()}, actions "
-                    f"left: {len(actions)}, poison deaths: {len(fleet.poison_deaths)}"
+                    f"left: {len(actions)}, poison deaths: {len(fleet.poison_deaths)}, "
+                    f"expected not done: {publisher.parked_count()}; unfinished: "
+                    f"{_unfinished(conn, publisher.poison_id)}"
                 )
             time.sleep(0.1)
     finally:
@@ -672,6 +674,16 @@ def _behind_poison_settled(conn: psycopg.Connection[Any], poison_id: int) -> boo
         if any(deliveries.get(sink, {}).get("status") != "delivered" for sink in free):
             return False
     return True
+
+
+def _unfinished(conn: psycopg.Connection[Any], poison_id: int | None) -> list[Any]:
+    """The first events not done, the poison's key marked, for a failure message."""
+    return conn.execute(
+        "SELECT e.id, e.key = p.key AS poison_key, e.topic, e.status, e.process_at, e.deliveries "
+        "FROM outbox_events AS e LEFT JOIN outbox_events AS p ON p.id = %s "
+        "WHERE e.status <> 'done' ORDER BY poison_key NULLS FIRST, e.id LIMIT 8",
+        (poison_id,),
+    ).fetchall()
 
 
 def _progress(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:

@@ -285,6 +285,48 @@ async def test_a_relay_started_while_its_database_refused_connections_holds_a_pa
     assert paused.calls == 0, "the paused sink was called"
 
 
+class Gated(Recording):
+    """Holds every call until ``gate`` is set; ``entered`` is set by the first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def deliver(self, event: Event) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().deliver(event)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("claim_mode", ["lease", "lock"])
+async def test_a_sink_resumed_while_a_batch_held_for_it_is_in_flight_gets_its_events(
+    database_url: str, claim_mode: str
+) -> None:
+    """The resume's own wake runs while the batch is in flight, before the settle writes
+    that the batch's events wait for the sink: the relay that settles wakes them itself,
+    with no maintenance round (a minute away) and no NOTIFY (not listening) to tell it."""
+    slow, paused = Gated(), Recording()
+    sinks: dict[str, Sink] = {"slow": slow, "paused": paused}
+    switches = Switches()
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        assert await switches.pause(conn, "paused", "testing")
+    with psycopg.connect(database_url) as conn:
+        ids = [outbox.publish(conn, "order.placed", {"n": n}, key=f"k{n}").id for n in range(5)]
+    options = relay_options(
+        claim_mode=claim_mode, poll_interval=0.05, maintenance_interval=60, listen=False
+    )
+    relay = Relay(database_url, sinks, [Subscription(("order.#",), tuple(sinks))], options)
+    async with _running(relay) as task:
+        await asyncio.wait_for(slow.entered.wait(), DEADLINE)
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            assert await switches.resume(conn, "paused")
+        slow.gate.set()
+        await _until(task, lambda: sorted(paused.accepted) == ids, "the resumed sink", within=10)
+    assert sorted(slow.accepted) == ids
+
+
 class Refusing(Recording):
     """Refuses (permanently) every event whose payload says so, while ``refusing``."""
 
