@@ -148,14 +148,15 @@ class FanOut:
 
     async def wake_if_switched_on(self, conn: Connection, batch: Batch) -> None:
         """Once ``batch`` is settled with deliveries waiting for held sinks, read which sinks
-        are held and make those deliveries due if their sink was switched back on meanwhile:
-        the switch's own wake may have run before this settle committed, and this relay may
-        end before a maintenance round tells it of the switch (decision 11). The read waits
-        for a switch being committed."""
+        are held and make due the deliveries of those switched back on meanwhile (and of any
+        other this relay learns is released, as its maintenance round would): the switch's
+        own wake may have run before this settle committed, and this relay may end before a
+        maintenance round tells it of the switch (decision 11). The read waits for a switch
+        being committed."""
         if batch.held:
             held = await self._store.held_sinks(conn, settled=True)
-            self.set_held(held)
-            for name in sorted(batch.held - held):
+            released = self.set_held(held)
+            for name in sorted(released | (batch.held - held)):
                 await self._store.wake_sink(conn, name)
 
     def route(self, claim: Claim) -> Batch:
